@@ -1,0 +1,1 @@
+"""Three-layer memory for local turns: Anchor, SITREP, Tail."""

@@ -1,0 +1,259 @@
+"""The Anthropic Messages wire format: error bodies, ids, SSE encoding/decoding, stream accumulation.
+
+Everything here is pure and synchronous. The server, the providers and the fake upstreams in
+``trooper.testing`` all speak the same format through these helpers, so a byte-level change to the
+grammar happens in one place.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+
+import orjson
+
+JSON = dict[str, Any]
+
+#: HTTP status for each Anthropic ``error.type`` (https://docs.claude.com/en/api/errors).
+ERROR_STATUS: Final[Mapping[str, int]] = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+_ALPHABET: Final = string.ascii_letters + string.digits
+
+
+def new_id(prefix: str) -> str:
+    """An id shaped like Anthropic's (``msg_01…``, ``toolu_01…``): 24 base62 characters after the prefix."""
+    return f"{prefix}_01" + "".join(secrets.choice(_ALPHABET) for _ in range(22))
+
+
+def new_message_id() -> str:
+    return new_id("msg")
+
+
+def new_tool_use_id() -> str:
+    return new_id("toolu")
+
+
+def new_request_id() -> str:
+    return new_id("req")
+
+
+def error_payload(error_type: str, message: str) -> JSON:
+    """Anthropic's error shape; the ``type`` decides the status through :data:`ERROR_STATUS`."""
+    return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+def error_body(error_type: str, message: str) -> bytes:
+    return orjson.dumps(error_payload(error_type, message))
+
+
+class TrooperError(Exception):
+    """An error Trooper itself answers with, in Anthropic's shape.
+
+    Raised anywhere below the server; the server turns it into a response with :attr:`status`
+    and :meth:`body`. ``headers`` carries extra response headers (for example ``retry-after``).
+    """
+
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        *,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.status = status if status is not None else ERROR_STATUS.get(error_type, 500)
+        self.headers = dict(headers or {})
+
+    def body(self) -> bytes:
+        return error_body(self.error_type, self.message)
+
+
+def invalid_request(message: str) -> TrooperError:
+    return TrooperError("invalid_request_error", message)
+
+
+# --------------------------------------------------------------------------------------------- SSE
+
+
+def encode_sse(event: Mapping[str, Any]) -> bytes:
+    """One SSE frame whose ``event:`` name equals the JSON ``type``, as Anthropic sends them."""
+    return b"event: " + str(event["type"]).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+class SSEDecoder:
+    """Incremental SSE parser: feed raw bytes as they arrive, get complete ``(event, data)`` frames.
+
+    Tolerates ``\\r\\n`` line ends, comments and multi-line ``data:`` fields, as the SSE spec allows.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> Iterator[tuple[str, str]]:
+        self._buffer += chunk
+        if b"\r" in self._buffer:
+            self._buffer = self._buffer.replace(b"\r\n", b"\n")
+        while True:
+            end = self._buffer.find(b"\n\n")
+            if end < 0:
+                return
+            frame, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
+            parsed = _parse_frame(frame)
+            if parsed is not None:
+                yield parsed
+
+    def flush(self) -> Iterator[tuple[str, str]]:
+        """Whatever complete-looking frame is left when the stream ends without a blank line."""
+        frame, self._buffer = self._buffer.strip(b"\n"), b""
+        if frame:
+            parsed = _parse_frame(frame)
+            if parsed is not None:
+                yield parsed
+
+
+def _parse_frame(frame: bytes) -> tuple[str, str] | None:
+    event = "message"
+    data: list[str] = []
+    for raw_line in frame.split(b"\n"):
+        line = raw_line.decode("utf-8", "replace")
+        if not line or line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+    if not data:
+        return None
+    return event, "\n".join(data)
+
+
+# ------------------------------------------------------------------------------------- accumulation
+
+
+class MessageAccumulator:
+    """Builds the final ``Message`` from a stream of Anthropic stream events.
+
+    Used to answer a non-streaming client from a provider that streams, and to learn what a local
+    reply said (for the provenance ledger) before its final event is released.
+    """
+
+    def __init__(self) -> None:
+        self.message: JSON | None = None
+        self._partial_json: dict[int, str] = {}
+
+    def feed(self, event: Mapping[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "message_start":
+            self.message = dict(event["message"])
+            self.message["content"] = list(self.message.get("content") or [])
+            self.message["usage"] = dict(self.message.get("usage") or {})
+            return
+        message = self.message
+        if message is None:
+            return
+        content: list[JSON] = message["content"]
+        if kind == "content_block_start":
+            block = dict(event["content_block"])
+            index = int(event["index"])
+            while len(content) <= index:
+                content.append({})
+            content[index] = block
+        elif kind == "content_block_delta":
+            self._apply_delta(content[int(event["index"])], int(event["index"]), event["delta"])
+        elif kind == "content_block_stop":
+            index = int(event["index"])
+            if index in self._partial_json:
+                text = self._partial_json.pop(index)
+                content[index]["input"] = orjson.loads(text) if text.strip() else {}
+        elif kind == "message_delta":
+            message.update({k: v for k, v in event.get("delta", {}).items()})
+            message["usage"].update(event.get("usage") or {})
+
+    def _apply_delta(self, block: JSON, index: int, delta: Mapping[str, Any]) -> None:
+        kind = delta.get("type")
+        if kind == "text_delta":
+            block["text"] = block.get("text", "") + delta["text"]
+        elif kind == "thinking_delta":
+            block["thinking"] = block.get("thinking", "") + delta["thinking"]
+        elif kind == "signature_delta":
+            block["signature"] = delta["signature"]
+        elif kind == "input_json_delta":
+            self._partial_json[index] = self._partial_json.get(index, "") + delta["partial_json"]
+        elif kind == "citations_delta":
+            block.setdefault("citations", []).append(delta["citation"])
+
+
+def message_events(message: Mapping[str, Any]) -> Iterator[JSON]:
+    """The full SSE event sequence that streams ``message`` (inverse of :class:`MessageAccumulator`)."""
+    usage = dict(message.get("usage") or {})
+    start = dict(message)
+    start["content"] = []
+    start["stop_reason"] = None
+    start["stop_sequence"] = None
+    start["usage"] = {**usage, "output_tokens": min(1, int(usage.get("output_tokens", 0)))}
+    yield {"type": "message_start", "message": start}
+    for index, block in enumerate(message.get("content") or []):
+        yield from block_events(index, block)
+    yield {
+        "type": "message_delta",
+        "delta": {"stop_reason": message.get("stop_reason"), "stop_sequence": message.get("stop_sequence")},
+        "usage": {"output_tokens": int(usage.get("output_tokens", 0))},
+    }
+    yield {"type": "message_stop"}
+
+
+def block_events(index: int, block: Mapping[str, Any]) -> Iterator[JSON]:
+    """``content_block_start`` / ``_delta`` / ``_stop`` for one finished content block."""
+    kind = block.get("type")
+    if kind == "text":
+        yield {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}
+        yield {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": block["text"]}}
+    elif kind == "thinking":
+        yield {
+            "type": "content_block_start",
+            "index": index,
+            "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+        }
+        yield {
+            "type": "content_block_delta",
+            "index": index,
+            "delta": {"type": "thinking_delta", "thinking": block.get("thinking", "")},
+        }
+        if block.get("signature"):
+            yield {
+                "type": "content_block_delta",
+                "index": index,
+                "delta": {"type": "signature_delta", "signature": block["signature"]},
+            }
+    elif kind == "tool_use":
+        yield {
+            "type": "content_block_start",
+            "index": index,
+            "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}},
+        }
+        yield {
+            "type": "content_block_delta",
+            "index": index,
+            "delta": {"type": "input_json_delta", "partial_json": orjson.dumps(block.get("input", {})).decode()},
+        }
+    else:
+        yield {"type": "content_block_start", "index": index, "content_block": dict(block)}
+    yield {"type": "content_block_stop", "index": index}
