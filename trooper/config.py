@@ -43,7 +43,7 @@ def _port(attribute: attrs.Attribute[int], value: int) -> None:
         raise ValueError(f"{attribute.name} must be between 0 and 65535, got {value!r}")
 
 
-def _positive(instance: Any, attribute: attrs.Attribute[float], value: float) -> None:
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise ValueError(f"{attribute.name} must be positive, got {value!r}")
 
@@ -91,6 +91,9 @@ class LocalityConfig:
     withheld_notice: bool = True
     #: What the egress guard does when a cloud payload contains ledgered text: block, redact or warn.
     egress_action: Literal["block", "redact", "warn"] = "block"
+    #: Let content of fallback turns (quota/offline) reach the cloud once it recovers. Content the user
+    #: forced local is never shared, whatever this says.
+    share_fallback_after_recovery: bool = False
     #: Shingle length, in words, that counts as a leak of ledgered text.
     egress_shingle_words: int = attrs.field(default=12, validator=_positive)
 
@@ -117,7 +120,9 @@ class Config:
     providers: ProvidersConfig = attrs.field(factory=ProvidersConfig)
 
 
-_SECTIONS: Final[Mapping[str, type]] = {f.name: f.type for f in attrs.fields(attrs.resolve_types(Config))}
+_SECTIONS: Final[Mapping[str, type]] = {
+    f.name: f.type for f in attrs.fields(attrs.resolve_types(Config)) if isinstance(f.type, type)
+}
 for _section in _SECTIONS.values():
     attrs.resolve_types(_section)
 

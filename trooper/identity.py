@@ -1,0 +1,100 @@
+"""Which conversation a request belongs to (DESIGN §5).
+
+The Messages API is stateless, so identity is inferred, in order of reliability: an explicit
+header; Claude Code's session header; the ``session_id`` inside ``metadata.user_id`` (a JSON string
+in current Claude Code, ``user_…_session_<uuid>`` in older ones); else a fingerprint of the system
+prompt, the model family and the first user text, skipping ``<system-reminder>`` blocks that change
+between requests. Nothing here is authorisation, and the ledger never depends on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import orjson
+
+from trooper.providers.base import header
+from trooper.wire import invalid_request
+
+EXPLICIT_HEADERS: Final = ("x-trooper-session", "x-session-id")
+CLAUDE_CODE_HEADER: Final = "x-claude-code-session-id"
+_VALID: Final = re.compile(r"^[A-Za-z0-9._:@\-]{1,128}$")
+_LEGACY: Final = re.compile(r"_session_([A-Za-z0-9\-]{1,128})$")
+
+
+def _checked(value: str, source: str) -> str:
+    value = value.strip()
+    if not _VALID.match(value):
+        raise invalid_request(
+            f"{source}: a session id must be 1-128 characters of letters, digits and . _ : @ -"
+        )
+    return value
+
+
+def from_metadata(body: Mapping[str, Any]) -> str | None:
+    """The session id Claude Code embeds in ``metadata.user_id``, in either of its formats."""
+    metadata = body.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return None
+    user_id = metadata.get("user_id")
+    if not isinstance(user_id, str) or not user_id:
+        return None
+    if user_id.startswith("{"):
+        try:
+            parsed = orjson.loads(user_id)
+        except orjson.JSONDecodeError:
+            return None
+        session = parsed.get("session_id") if isinstance(parsed, dict) else None
+        return session if isinstance(session, str) and _VALID.match(session) else None
+    match = _LEGACY.search(user_id)
+    return match.group(1) if match else None
+
+
+def derived(body: Mapping[str, Any]) -> str:
+    """A stable id from the system prompt and the first user text (reminders skipped)."""
+    digest = hashlib.blake2b(digest_size=10)
+    system = body.get("system")
+    if isinstance(system, str):
+        digest.update(system.encode("utf-8", "replace"))
+    elif isinstance(system, list):
+        for block in system:
+            if isinstance(block, Mapping):
+                digest.update(str(block.get("text", "")).encode("utf-8", "replace"))
+    digest.update(b"\x00")
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if isinstance(message, Mapping) and message.get("role") == "user":
+                digest.update(_first_text(message.get("content")).encode("utf-8", "replace"))
+                break
+    return "sess_" + digest.hexdigest()
+
+
+def _first_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        for block in content:
+            if isinstance(block, Mapping) and block.get("type") == "text":
+                text = str(block.get("text", ""))
+                if not text.lstrip().startswith("<system-reminder>"):
+                    return text
+    return ""
+
+
+def session_id(headers: Sequence[tuple[str, str]] | Mapping[str, str], body: Mapping[str, Any]) -> tuple[str, str]:
+    """``(id, source)`` for a request; a malformed explicit header is a 400 naming the header."""
+    for name in EXPLICIT_HEADERS:
+        value = header(headers, name)
+        if value is not None:
+            return _checked(value, name), name
+    value = header(headers, CLAUDE_CODE_HEADER)
+    if value is not None and _VALID.match(value.strip()):
+        return value.strip(), CLAUDE_CODE_HEADER
+    from_meta = from_metadata(body)
+    if from_meta:
+        return from_meta, "metadata.user_id"
+    return derived(body), "derived"

@@ -1,0 +1,16 @@
+"""Stores for conversations, the provenance ledger and the audit trail."""
+
+from __future__ import annotations
+
+from trooper.store.base import LedgerEntry, SessionStore
+from trooper.store.memory import MemoryStore
+from trooper.store.sqlite import SQLiteStore
+
+__all__ = ["LedgerEntry", "MemoryStore", "SQLiteStore", "SessionStore", "open_store"]
+
+
+def open_store(path: str) -> SessionStore:
+    """``memory`` gives an in-process store; anything else is an SQLite file path."""
+    if path == "memory" or path == ":memory:":
+        return MemoryStore()
+    return SQLiteStore(path)

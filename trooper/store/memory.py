@@ -1,0 +1,57 @@
+"""An in-process store for tests and embedders that need no persistence."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from trooper.store.base import LedgerEntry
+
+
+class MemoryStore:
+    """Dicts and lists behind a lock; same semantics as the SQLite store, minus durability."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conversations: dict[str, tuple[dict[str, Any], float]] = {}
+        self._ledger: list[LedgerEntry] = []
+        self._ledger_keys: set[tuple[str, str]] = set()
+        self._audit: dict[str, list[dict[str, Any]]] = {}
+
+    def load_conversation(self, session: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._conversations.get(session)
+            return dict(found[0]) if found else None
+
+    def save_conversation(self, session: str, data: dict[str, Any], at: float) -> None:
+        with self._lock:
+            self._conversations[session] = (dict(data), at)
+
+    def list_conversations(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = sorted(self._conversations.values(), key=lambda item: item[1], reverse=True)
+            return [{**data, "updated": at} for data, at in rows[:limit]]
+
+    def ledger_add(self, entries: Sequence[LedgerEntry]) -> None:
+        with self._lock:
+            for entry in entries:
+                key = (entry.fingerprint, entry.kind)
+                if key not in self._ledger_keys:
+                    self._ledger_keys.add(key)
+                    self._ledger.append(entry)
+
+    def ledger_since(self, cursor: int) -> tuple[list[LedgerEntry], int]:
+        with self._lock:
+            return self._ledger[cursor:], len(self._ledger)
+
+    def audit_append(self, session: str, at: float, kind: str, data: dict[str, Any]) -> None:
+        with self._lock:
+            self._audit.setdefault(session, []).append({"at": at, "kind": kind, **data})
+
+    def audit(self, session: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._audit.get(session, []))
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,115 @@
+"""The default store: one SQLite file in WAL mode, shared safely by several processes.
+
+``ledger_add`` commits before it returns, so a ledger entry survives a crash of Trooper the moment
+the call returns (WAL with ``synchronous=NORMAL`` is durable against process crashes; set
+``synchronous=FULL`` via ``durable=True`` to also survive power loss at the cost of an fsync).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from trooper.store.base import LedgerEntry
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY, data BLOB NOT NULL, updated REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS conversations_updated ON conversations(updated);
+CREATE TABLE IF NOT EXISTS ledger (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, fingerprint TEXT NOT NULL, kind TEXT NOT NULL,
+    session TEXT NOT NULL, origin TEXT NOT NULL, shareable INTEGER NOT NULL,
+    UNIQUE (fingerprint, kind));
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, session TEXT NOT NULL, at REAL NOT NULL,
+    kind TEXT NOT NULL, data BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_session ON audit(session, seq);
+"""
+
+
+class SQLiteStore:
+    """SQLite behind a lock; one connection per store object (calls are short and synchronous)."""
+
+    def __init__(self, path: str | Path, *, durable: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._db.executescript(_SCHEMA)
+
+    def load_conversation(self, session: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT data FROM conversations WHERE id = ?", (session,)).fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    def save_conversation(self, session: str, data: dict[str, Any], at: float) -> None:
+        blob = orjson.dumps(data)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO conversations(id, data, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET data = excluded.data, updated = excluded.updated",
+                (session, blob, at),
+            )
+
+    def list_conversations(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT data, updated FROM conversations ORDER BY updated DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [{**orjson.loads(data), "updated": updated} for data, updated in rows]
+
+    def ledger_add(self, entries: Sequence[LedgerEntry]) -> None:
+        if not entries:
+            return
+        rows = [(e.fingerprint, e.kind, e.session, e.origin, int(e.shareable)) for e in entries]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO ledger(fingerprint, kind, session, origin, shareable) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def ledger_since(self, cursor: int) -> tuple[list[LedgerEntry], int]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, fingerprint, kind, session, origin, shareable FROM ledger WHERE seq > ? ORDER BY seq",
+                (cursor,),
+            ).fetchall()
+        if not rows:
+            return [], cursor
+        entries = [
+            LedgerEntry(fingerprint=fp, kind=kind, session=session, origin=origin, shareable=bool(shareable))
+            for _, fp, kind, session, origin, shareable in rows
+        ]
+        return entries, int(rows[-1][0])
+
+    def audit_append(self, session: str, at: float, kind: str, data: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO audit(session, at, kind, data) VALUES (?, ?, ?, ?)",
+                (session, at, kind, orjson.dumps(data)),
+            )
+
+    def audit(self, session: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, kind, data FROM audit WHERE session = ? ORDER BY seq", (session,)
+            ).fetchall()
+        return [{"at": at, "kind": kind, **orjson.loads(data)} for at, kind, data in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
