@@ -174,7 +174,7 @@ def _coerce(section: str, field: str, source: str, raw: str) -> Any:
                 raise ValueError("expected a boolean")
             return lowered in ("1", "true", "yes", "on")
         if kind in (int, int | None):
-            return None if raw == "" and kind != int else int(raw)
+            return None if raw == "" and kind is not int else int(raw)
         if kind is float:
             return float(raw)
     except ValueError as exc:

@@ -91,7 +91,7 @@ def block_fingerprint(block: Any) -> str:
         return _digest("u", f"{block.get('name')}\x00{fold(block_text(block))}")
     if kind == "tool_result":
         return _digest("r", fold(block_text(block)))
-    if kind == "image" or kind == "document":
+    if kind in {"image", "document"}:
         source = block.get("source")
         payload = source if isinstance(source, Mapping) else {}
         return _digest("i", str(payload.get("data") or payload.get("url") or payload.get("file_id") or ""))
@@ -404,7 +404,7 @@ def _add_notice(messages: list[JSON], at: int, turns: int) -> list[JSON]:
         if message.get("role") == "user":
             blocks = content_blocks(message)
             lead = [b for b in blocks if isinstance(b, Mapping) and b.get("type") == "tool_result"]
-            messages[position] = {**message, "content": lead + [note] + blocks[len(lead):]}
+            messages[position] = {**message, "content": [*lead, note, *blocks[len(lead):]]}
             return messages
     return messages
 

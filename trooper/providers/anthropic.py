@@ -80,10 +80,10 @@ class HttpxUpstreamResponse:
         try:
             async for chunk in self._response.aiter_raw():
                 yield chunk
-        except httpx.TimeoutException as exc:
-            raise Unreachable(f"upstream stream stalled: {exc or 'idle timeout'}") from exc
+        except httpx.ReadTimeout as exc:
+            raise Unreachable(f"upstream stream stalled: {root_cause(exc)}") from exc
         except httpx.TransportError as exc:
-            raise Unreachable(f"upstream connection broke mid-stream: {exc or type(exc).__name__}") from exc
+            raise Unreachable(f"upstream connection broke mid-stream: {root_cause(exc)}") from exc
 
     async def aread(self) -> bytes:
         chunks = [chunk async for chunk in self.aiter_raw()]
@@ -146,10 +146,8 @@ class AnthropicProvider:
                 response = await self._client.send(built, stream=True)
         except TimeoutError as exc:
             raise Unreachable(f"no response from {self.base_url} within {self._first_byte_timeout:g}s") from exc
-        except httpx.TimeoutException as exc:
-            raise Unreachable(f"timed out talking to {self.base_url}: {type(exc).__name__}") from exc
         except (httpx.TransportError, OSError) as exc:
-            raise Unreachable(f"cannot reach {self.base_url}: {exc or type(exc).__name__}") from exc
+            raise Unreachable(f"cannot reach {self.base_url}: {root_cause(exc)}") from exc
         wrapped = HttpxUpstreamResponse(response)
         if response.status_code >= 400:
             try:
@@ -161,6 +159,13 @@ class AnthropicProvider:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def root_cause(exc: BaseException) -> str:
+    """The innermost error's text: the aiohttp transport reports a refused connection as a timeout."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return str(exc) or type(exc).__name__
 
 
 def _decoded(headers: Sequence[tuple[str, str]], body: bytes) -> bytes:

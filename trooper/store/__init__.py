@@ -11,6 +11,6 @@ __all__ = ["LedgerEntry", "MemoryStore", "SQLiteStore", "SessionStore", "open_st
 
 def open_store(path: str) -> SessionStore:
     """``memory`` gives an in-process store; anything else is an SQLite file path."""
-    if path == "memory" or path == ":memory:":
+    if path in {"memory", ":memory:"}:
         return MemoryStore()
     return SQLiteStore(path)

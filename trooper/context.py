@@ -1,0 +1,97 @@
+"""The context handed to a local model: the engine's bridge to :mod:`trooper.memory`.
+
+Compaction itself is pure and runs inside the state machine's transition callback; what needs I/O
+— asking the local provider for its context window (Ollama's ``/api/show``) — happens here, before
+the turn is decided, and is cached, so the callback never waits on the network.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from trooper.config import Config
+from trooper.decide import TROOPER_FIELDS
+from trooper.memory import Budget, CalibratedEstimator, ExtractCache, compact
+from trooper.providers.base import LocalProvider, ProviderError
+
+if TYPE_CHECKING:
+    from trooper.engine import Turn
+
+#: Used when neither the configuration nor the provider says how large the local context is.
+SAFE_DEFAULT_CONTEXT: Final = 8192
+_RETRY_CONTEXT_LOOKUP: Final = 30.0
+
+
+@attrs.frozen
+class MemoryResult:
+    """The local request's messages and what each memory layer cost."""
+
+    messages: list[dict[str, Any]]
+    layers: dict[str, int]
+    num_ctx: int
+    max_tokens: int | None
+
+    def header(self) -> str:
+        """``x-trooper-memory``: every layer's token count, e.g. ``anchor=812;sitrep=400;tail=2210``."""
+        return ";".join(f"{name}={value}" for name, value in self.layers.items())
+
+
+class Memory:
+    """Budgets and builds local contexts; caches the local model's window and per-turn extracts."""
+
+    def __init__(self, config: Config, local: LocalProvider | None) -> None:
+        self.config = config
+        self.local = local
+        self.context_tokens: int | None = config.ollama.context_length
+        self._looked_up_at: float | None = None
+        self.estimator = CalibratedEstimator()
+        self.cache = ExtractCache()
+
+    async def prepare(self) -> None:
+        """Learn the local model's context window once (retried after a while if the lookup failed)."""
+        if self.context_tokens is not None or self.local is None:
+            return
+        now = time.monotonic()
+        if self._looked_up_at is not None and now - self._looked_up_at < _RETRY_CONTEXT_LOOKUP:
+            return
+        self._looked_up_at = now
+        try:
+            self.context_tokens = await self.local.context_length(self.config.ollama.model)
+        except ProviderError:
+            self.context_tokens = None
+
+    def compact(self, turn: Turn) -> MemoryResult:
+        """Anchor + SITREP + Tail for ``turn``, sized to the local model (pure, synchronous)."""
+        from trooper.engine import strip_controls
+
+        body = strip_controls(turn.body, turn.controls, self.config.locality.marker)
+        context = self.context_tokens or SAFE_DEFAULT_CONTEXT
+        requested = body.get("max_tokens")
+        reserved = min(int(requested), context // 4) if isinstance(requested, int) and requested > 0 else context // 4
+        result = compact(
+            body["messages"],
+            budget=Budget(context_tokens=context, reserved_output=reserved),
+            system=body.get("system"),
+            tools=body.get("tools"),
+            estimator=self.estimator,
+            cache=self.cache,
+        )
+        return MemoryResult(list(result.messages), dict(result.layers), result.num_ctx, reserved)
+
+    def estimate_request(self, body: Mapping[str, Any]) -> int:
+        """A local estimate of a request's input tokens (for ``count_tokens`` when the cloud can't)."""
+        visible = {k: v for k, v in body.items() if k not in TROOPER_FIELDS}
+        total = 0
+        for message in visible.get("messages") or []:
+            if isinstance(message, Mapping):
+                total += self.estimator.count_message(message)
+        system = visible.get("system")
+        if system:
+            total += self.estimator.count(system if isinstance(system, str) else str(system))
+        for tool in visible.get("tools") or []:
+            total += self.estimator.count(str(tool))
+        return total

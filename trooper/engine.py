@@ -1,0 +1,605 @@
+"""One turn: identify → decide → build the payload → call the provider → record (DESIGN §3).
+
+The engine is the only place where the pure core (decision, state machine, ledger filter, memory)
+meets I/O (providers, store). The HTTP server is a thin layer over :meth:`Engine.handle`; embedders
+call the same engine directly with provider objects and a store of their choosing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import orjson
+import structlog
+
+from trooper.config import Config
+from trooper.context import Memory, MemoryResult
+from trooper.conversation import Conversation, Health, conversation_from_dict, conversation_to_dict, fire
+from trooper.decide import TROOPER_FIELDS, Controls, Plan, Route, decide, read_controls
+from trooper.health import CloudHealth
+from trooper.identity import session_id
+from trooper.ledger import (
+    FilterResult,
+    Ledger,
+    content_blocks,
+    continues_tool_loop,
+    current_turn_start,
+    filter_messages,
+    id_fingerprint,
+    strip_marker,
+)
+from trooper.providers.anthropic import HOP_BY_HOP
+from trooper.providers.base import (
+    AuthError,
+    BadRequest,
+    CloudProvider,
+    LocalProvider,
+    LocalRequest,
+    Overloaded,
+    ProviderError,
+    QuotaExhausted,
+    Unreachable,
+    UpstreamRequest,
+    UpstreamResponse,
+)
+from trooper.store.base import Origin, SessionStore
+from trooper.wire import (
+    JSON,
+    MessageAccumulator,
+    TrooperError,
+    encode_sse,
+    error_payload,
+    invalid_request,
+    new_request_id,
+)
+
+log = structlog.get_logger("trooper")
+
+#: 529/5xx are retried this many times, with these pauses, before the turn falls back (DESIGN §8).
+OVERLOAD_RETRIES: tuple[float, ...] = (0.25, 0.75)
+_RESPONSE_DROP = HOP_BY_HOP - {"content-length"}
+
+
+@attrs.frozen
+class Incoming:
+    """A request as bytes: what the server hands the engine."""
+
+    method: str
+    path: str
+    query: str
+    headers: Sequence[tuple[str, str]]
+    body: bytes = b""
+
+
+@attrs.define
+class Outgoing:
+    """A response as bytes: a full body or a stream of chunks."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+
+
+@attrs.define
+class Turn:
+    """Everything about the request in flight; the machine's compaction callback fills ``memory``."""
+
+    session: str
+    request_id: str
+    body: JSON
+    messages: list[JSON]
+    turn_start: int
+    controls: Controls
+    stream: bool
+    memory_fn: Callable[[Turn], MemoryResult]
+    memory: MemoryResult | None = None
+    route: Route = "cloud"
+    reason: str = "default"
+
+    def compact(self) -> None:
+        """Called synchronously by the state machine when a turn starts running locally."""
+        self.memory = self.memory_fn(self)
+
+
+def _error(exc: TrooperError, extra: Sequence[tuple[str, str]] = ()) -> Outgoing:
+    headers = [("content-type", "application/json"), *exc.headers.items(), *extra]
+    return Outgoing(exc.status, headers, exc.body())
+
+
+def _ollama_like(provider: LocalProvider | None) -> str:
+    return provider.name if provider is not None else "none"
+
+
+class Engine:
+    """Routes turns between a cloud provider and a local provider, keeping local content local."""
+
+    def __init__(
+        self,
+        *,
+        cloud: CloudProvider,
+        local: LocalProvider | None,
+        store: SessionStore,
+        config: Config | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config or Config()
+        self.cloud = cloud
+        self.local = local
+        self.store = store
+        self.clock = clock
+        locality = self.config.locality
+        self.ledger = Ledger(store, shingle_words=locality.egress_shingle_words,
+                             share_fallback=locality.share_fallback_after_recovery)
+        self.memory = Memory(self.config, local)
+        self._health: dict[str, CloudHealth] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @classmethod
+    def from_config(cls, config: Config) -> Engine:
+        """Build providers through the entry-point registry and open the configured store."""
+        from trooper.providers.registry import build, discover
+        from trooper.store import open_store
+
+        factories = discover()
+        cloud = build(config.providers.cloud, config, factories)
+        local = build(config.providers.local, config, factories) if config.providers.local else None
+        if cloud.kind != "cloud" or (local is not None and local.kind != "local"):
+            from trooper.config import ConfigError
+
+            raise ConfigError("providers.cloud must name a cloud provider and providers.local a local one")
+        assert isinstance(cloud, CloudProvider)
+        assert local is None or isinstance(local, LocalProvider)
+        return cls(cloud=cloud, local=local, store=open_store(config.store.path), config=config)
+
+    async def aclose(self) -> None:
+        await self.cloud.aclose()
+        if self.local is not None:
+            await self.local.aclose()
+        self.store.close()
+
+    # ------------------------------------------------------------------------------- dispatch
+
+    async def handle(self, request: Incoming) -> Outgoing:
+        """Serve one API request; Trooper's own failures come back in Anthropic's error shape."""
+        try:
+            if request.path == "/v1/messages" and request.method == "POST":
+                return await self.messages(request)
+            if request.path == "/v1/messages/count_tokens" and request.method == "POST":
+                return await self.count_tokens(request)
+            if request.path.startswith("/v1/models") and request.method == "GET":
+                return await self.forward(request)
+            raise TrooperError("not_found_error", f"{request.method} {request.path}: no such route")
+        except TrooperError as exc:
+            return _error(exc)
+
+    # ------------------------------------------------------------------------------- messages
+
+    async def messages(self, request: Incoming) -> Outgoing:
+        body = parse_body(request.body)
+        messages = validate_messages(body)
+        marker = self.config.locality.marker
+        controls = read_controls(request.headers, body, marker)
+        session, _source = session_id(request.headers, body)
+        stream = body.get("stream") is True
+        request_id = new_request_id()
+        turn = Turn(session, request_id, body, messages, current_turn_start(messages), controls, stream,
+                    self.memory.compact)
+        self.ledger.refresh()
+        await self.memory.prepare()
+        continuation = self._continuation_route(messages)
+        health_key = self._health_key(request.headers)
+        health = self._health.setdefault(health_key, CloudHealth())
+        if health.probe_due(self.clock()):
+            await self._probe(health, request.headers, body)
+        lock = self._locks.setdefault(session, asyncio.Lock())
+        async with lock:
+            conv = self._load(session)
+            plan = decide(conv.state, controls=controls, continuation=continuation, health=health.status)
+            turn.route, turn.reason = plan.route, plan.reason
+            self._apply(conv, plan, turn, health.status)
+            if plan.route == "local" and turn.memory is None:
+                turn.compact()  # a tool-loop continuation: same memory, no transition
+            self._save(conv)
+        headers = self._trooper_headers(conv, turn)
+        if plan.route == "local":
+            origin: Origin = "forced" if controls.force_local or conv.state == "local" else "fallback"
+            return await self._run_local(turn, headers, origin=origin, cloud_error=None)
+        return await self._run_cloud(request, turn, conv, health, headers)
+
+    def _continuation_route(self, messages: Sequence[JSON]) -> Route | None:
+        """A tool loop keeps its turn's route: local when the tool calls it answers were local."""
+        if not continues_tool_loop(messages):
+            return None
+        for message in reversed(messages[:-1]):
+            if message.get("role") != "assistant":
+                continue
+            for block in content_blocks(message):
+                if (isinstance(block, Mapping) and block.get("type") == "tool_use"
+                        and id_fingerprint(str(block.get("id"))) in self.ledger.index.ids):
+                    return "local"
+            return "cloud"
+        return "cloud"
+
+    def _apply(self, conv: Conversation, plan: Plan, turn: Turn, health: Health) -> None:
+        now = self.clock()
+        if not plan.events and plan.route == "cloud" and plan.reason != "continuation":
+            conv.turns += 1
+        for event in plan.events:
+            record = fire(conv, event, reason=plan.reason, at=now, request_id=turn.request_id, health=health,
+                          turn=turn)
+            if record is not None:
+                self.store.audit_append(conv.id, now, "transition", attrs.asdict(record))
+                log.info("transition", session=conv.id, trooper_event=record.event, source=record.source,
+                         dest=record.dest, reason=record.reason, request_id=turn.request_id)
+        if plan.events:
+            conv.turns += 1
+        conv.turn_route, conv.turn_reason = plan.route, plan.reason
+
+    def _fallback(self, conv: Conversation, event: str, turn: Turn, reason: str) -> None:
+        now = self.clock()
+        record = fire(conv, event, reason=reason, at=now, request_id=turn.request_id, turn=turn)
+        if record is not None:
+            self.store.audit_append(conv.id, now, "transition", attrs.asdict(record))
+            log.info("transition", session=conv.id, trooper_event=record.event, source=record.source,
+                     dest=record.dest, reason=reason, request_id=turn.request_id)
+        conv.turn_route, conv.turn_reason = "local", reason
+        turn.route, turn.reason = "local", reason
+        if turn.memory is None:
+            turn.compact()
+        self._save(conv)
+
+    def _load(self, session: str) -> Conversation:
+        data = self.store.load_conversation(session)
+        return conversation_from_dict(data) if data else Conversation(id=session)
+
+    def _save(self, conv: Conversation) -> None:
+        self.store.save_conversation(conv.id, conversation_to_dict(conv), self.clock())
+
+    def _health_key(self, headers: Sequence[tuple[str, str]]) -> str:
+        credential = ""
+        for name, value in headers:
+            if name.lower() in ("x-api-key", "authorization"):
+                credential = value
+        digest = hashlib.blake2b(credential.encode(), digest_size=8).hexdigest()
+        return f"{getattr(self.cloud, 'base_url', self.cloud.name)}#{digest}"
+
+    def _trooper_headers(self, conv: Conversation, turn: Turn) -> list[tuple[str, str]]:
+        headers = [
+            ("x-trooper-route", turn.route),
+            ("x-trooper-state", conv.state),
+            ("x-trooper-session", conv.id),
+            ("x-trooper-reason", turn.reason),
+            ("x-trooper-request-id", turn.request_id),
+        ]
+        if turn.memory is not None:
+            headers.append(("x-trooper-memory", turn.memory.header()))
+        return headers
+
+    # ---------------------------------------------------------------------------------- cloud
+
+    def cloud_payload(self, body: JSON, messages: list[JSON], turn_start: int,
+                      raw: bytes) -> tuple[bytes, FilterResult]:
+        """The exact bytes the cloud receives: the original ones unless something must change."""
+        locality = self.config.locality
+        result = filter_messages(
+            messages, self.ledger.index, turn_start=turn_start, notice=locality.withheld_notice,
+            egress_action=locality.egress_action, shingle_words=locality.egress_shingle_words,
+            system=body.get("system"),
+        )
+        if not result.changed and not (TROOPER_FIELDS & body.keys()):
+            return raw, result
+        out = {k: v for k, v in body.items() if k not in TROOPER_FIELDS}
+        if result.changed:
+            if not any(m.get("role") == "user" for m in result.messages):
+                raise TrooperError("invalid_request_error",
+                                   "messages: nothing left to send to the cloud once local content is withheld")
+            out["messages"] = result.messages
+        return orjson.dumps(out), result
+
+    async def _run_cloud(self, request: Incoming, turn: Turn, conv: Conversation, health: CloudHealth,
+                         headers: list[tuple[str, str]]) -> Outgoing:
+        try:
+            payload, result = self.cloud_payload(turn.body, turn.messages, turn.turn_start, request.body)
+        except TrooperError as exc:
+            self.store.audit_append(conv.id, self.clock(), "egress_blocked",
+                                    {"request_id": turn.request_id, "message": exc.message})
+            log.warning("egress_blocked", session=conv.id, request_id=turn.request_id)
+            return _error(exc, headers)
+        upstream = UpstreamRequest(request.method, request.path, request.query, request.headers, payload)
+        try:
+            response = await self._send_with_retries(upstream)
+        except (QuotaExhausted, Unreachable, Overloaded) as exc:
+            now = self.clock()
+            if isinstance(exc, QuotaExhausted):
+                health.observe_quota(now, exc.retry_after, exc.message)
+                event, reason = "quota_hit", "quota"
+            else:
+                health.observe_unreachable(now, exc.message)
+                event, reason = "connection_lost", "offline"
+            if self.local is None:
+                return self._provider_error(exc, headers)
+            async with self._locks.setdefault(conv.id, asyncio.Lock()):
+                conv = self._load(conv.id)
+                self._fallback(conv, event, turn, reason)
+            return await self._run_local(turn, self._trooper_headers(conv, turn), origin="fallback",
+                                         cloud_error=exc)
+        except (AuthError, BadRequest, ProviderError) as exc:
+            return self._provider_error(exc, headers)
+        health.observe_ok()
+        self._note_turn(conv.id, turn, result)
+        if result.new_cloud_fingerprints:
+            self.ledger.record_cloud(result.new_cloud_fingerprints, session=conv.id)
+        out_headers = [(k, v) for k, v in response.headers if k.lower() not in _RESPONSE_DROP] + headers
+        return Outgoing(response.status, out_headers, stream=self._relay(response))
+
+    async def _send_with_retries(self, upstream: UpstreamRequest) -> UpstreamResponse:
+        for pause in (*OVERLOAD_RETRIES, None):
+            try:
+                return await self.cloud.send(upstream)
+            except Overloaded:
+                if pause is None:
+                    raise
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _relay(self, response: UpstreamResponse) -> AsyncIterator[bytes]:
+        """Relay upstream bytes as they arrive; a failure mid-stream becomes an SSE error event."""
+        is_sse = any(k.lower() == "content-type" and "text/event-stream" in v for k, v in response.headers)
+        try:
+            async for chunk in response.aiter_raw():
+                yield chunk
+        except ProviderError as exc:
+            log.warning("cloud_stream_broken", error=exc.message)
+            if is_sse:
+                yield encode_sse(error_payload("api_error", f"upstream stream failed: {exc.message}"))
+        finally:
+            await response.aclose()
+
+    def _provider_error(self, exc: ProviderError, headers: Sequence[tuple[str, str]]) -> Outgoing:
+        """The provider's own error response verbatim, or a Trooper error when there was none."""
+        if exc.status is not None and exc.body is not None:
+            kept = [(k, v) for k, v in exc.headers if k.lower() not in _RESPONSE_DROP]
+            return Outgoing(exc.status, kept + list(headers), exc.body)
+        status = 502 if isinstance(exc, Unreachable) else 500
+        error = TrooperError(exc.error_type if exc.status else "api_error", exc.message, status=status)
+        return _error(error, [*headers, ("x-should-retry", "false")] if status == 502 else headers)
+
+    def _note_turn(self, session: str, turn: Turn, result: FilterResult | None) -> None:
+        data: dict[str, Any] = {"request_id": turn.request_id, "route": turn.route, "reason": turn.reason,
+                                "stream": turn.stream}
+        if result is not None:
+            data.update(withheld_blocks=result.withheld_blocks, withheld_turns=result.withheld_turns,
+                        guard_hits=len(result.guard_hits))
+        if turn.memory is not None:
+            data["memory"] = turn.memory.layers
+        self.store.audit_append(session, self.clock(), "turn", data)
+        log.info("turn", session=session, **data)
+
+    # ---------------------------------------------------------------------------------- local
+
+    async def _run_local(self, turn: Turn, headers: list[tuple[str, str]], *, origin: Origin,
+                         cloud_error: ProviderError | None) -> Outgoing:
+        """Answer locally. Forced turns fail closed; fallback turns show the cloud's error if local fails."""
+        if self.local is None:
+            return self._local_failed(turn, headers, cloud_error,
+                                      ProviderError("no local provider is configured"))
+        marker = self.config.locality.marker if turn.controls.source == "marker" else None
+        self.ledger.record_local(turn.messages[turn.turn_start:], session=turn.session, origin=origin,
+                                 shareable=self.config.locality.share_fallback_after_recovery, marker=marker)
+        memory = turn.memory
+        assert memory is not None
+        local_body = {k: v for k, v in turn.body.items() if k not in TROOPER_FIELDS}
+        local_body["messages"] = memory.messages
+        if memory.max_tokens is not None:
+            local_body["max_tokens"] = memory.max_tokens
+        request = LocalRequest(local_body, model=self.config.ollama.model, stream=turn.stream,
+                               num_ctx=memory.num_ctx)
+        events = self.local.events(request)
+        try:
+            first = await anext(events)
+        except (ProviderError, StopAsyncIteration) as exc:
+            failure = exc if isinstance(exc, ProviderError) else ProviderError("local provider sent nothing")
+            return self._local_failed(turn, headers, cloud_error, failure)
+        self._note_turn(turn.session, turn, None)
+        if turn.stream:
+            headers = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
+                       *headers]
+            return Outgoing(200, headers, stream=self._local_stream(turn, first, events, origin))
+        accumulator = MessageAccumulator()
+        accumulator.feed(first)
+        try:
+            async for event in events:
+                accumulator.feed(event)
+        except ProviderError as exc:
+            self._record_reply(turn, accumulator, origin)
+            return self._local_failed(turn, headers, cloud_error, exc)
+        self._record_reply(turn, accumulator, origin)
+        body = orjson.dumps(accumulator.message)
+        return Outgoing(200, [("content-type", "application/json"), *headers], body)
+
+    async def _local_stream(self, turn: Turn, first: JSON, events: AsyncIterator[JSON],
+                            origin: Origin) -> AsyncIterator[bytes]:
+        """SSE from local events; the reply is ledgered before ``message_delta``/``message_stop`` leave."""
+        accumulator = MessageAccumulator()
+        recorded = False
+        try:
+            accumulator.feed(first)
+            yield encode_sse(first)
+            async for event in events:
+                if event.get("type") in ("message_delta", "message_stop") and not recorded:
+                    self._record_reply(turn, accumulator, origin)
+                    recorded = True
+                accumulator.feed(event)
+                yield encode_sse(event)
+        except ProviderError as exc:
+            log.warning("local_stream_broken", session=turn.session, error=exc.message)
+            yield encode_sse(error_payload(exc.error_type if exc.error_type != "invalid_request_error"
+                                           else "api_error", f"local model failed: {exc.message}"))
+        finally:
+            if not recorded:
+                self._record_reply(turn, accumulator, origin)
+
+    def _record_reply(self, turn: Turn, accumulator: MessageAccumulator, origin: Origin) -> None:
+        message = accumulator.message
+        if message is None:
+            return
+        blocks = [b for b in message.get("content", []) if b]
+        self.ledger.record_local(blocks, session=turn.session, origin=origin,
+                                 shareable=self.config.locality.share_fallback_after_recovery)
+
+    def _local_failed(self, turn: Turn, headers: list[tuple[str, str]], cloud_error: ProviderError | None,
+                      failure: ProviderError) -> Outgoing:
+        log.warning("local_failed", session=turn.session, request_id=turn.request_id, error=failure.message,
+                    fallback=cloud_error is not None)
+        self.store.audit_append(turn.session, self.clock(), "local_failed",
+                                {"request_id": turn.request_id, "reason": turn.reason,
+                                 "error": type(failure).__name__})
+        if cloud_error is not None:  # a fallback turn: the client sees what the cloud said
+            return self._provider_error(cloud_error, headers)
+        error_type = "not_found_error" if failure.error_type == "not_found_error" else "api_error"
+        status = 404 if error_type == "not_found_error" else 503
+        message = f"this turn must run locally and the local provider could not answer: {failure.message}"
+        return _error(TrooperError(error_type, message, status=status), [*headers, ("x-should-retry", "false")])
+
+    # ---------------------------------------------------------------------------------- other
+
+    async def count_tokens(self, request: Incoming) -> Outgoing:
+        """Counted by the cloud on the filtered payload; estimated locally when the cloud cannot."""
+        body = parse_body(request.body)
+        messages = validate_messages(body)
+        self.ledger.refresh()
+        try:
+            payload, _ = self.cloud_payload(body, messages, current_turn_start(messages), request.body)
+        except TrooperError:
+            return self._estimate_tokens(body)
+        upstream = UpstreamRequest(request.method, request.path, request.query, request.headers, payload)
+        try:
+            response = await self.cloud.send(upstream)
+        except (QuotaExhausted, Unreachable, Overloaded):
+            return self._estimate_tokens(body)
+        except ProviderError as exc:
+            return self._provider_error(exc, [])
+        data = await response.aread()
+        await response.aclose()
+        kept = [(k, v) for k, v in response.headers if k.lower() not in _RESPONSE_DROP]
+        return Outgoing(response.status, kept, data)
+
+    def _estimate_tokens(self, body: JSON) -> Outgoing:
+        tokens = self.memory.estimate_request(body)
+        return Outgoing(200, [("content-type", "application/json"), ("x-trooper-estimate", "true")],
+                        orjson.dumps({"input_tokens": tokens}))
+
+    async def forward(self, request: Incoming) -> Outgoing:
+        """Pass a request through unchanged (``GET /v1/models``)."""
+        upstream = UpstreamRequest(request.method, request.path, request.query, request.headers, request.body)
+        try:
+            response = await self.cloud.send(upstream)
+        except ProviderError as exc:
+            return self._provider_error(exc, [])
+        kept = [(k, v) for k, v in response.headers if k.lower() not in _RESPONSE_DROP]
+        return Outgoing(response.status, kept, stream=self._relay(response))
+
+    async def _probe(self, health: CloudHealth, headers: Sequence[tuple[str, str]], body: JSON) -> None:
+        """A call that costs no tokens: count_tokens on a one-word prompt, with the caller's credentials."""
+        health.last_probe = self.clock()
+        probe = orjson.dumps({"model": body.get("model", "claude-sonnet-4-5"),
+                              "messages": [{"role": "user", "content": "ping"}]})
+        kept = [(k, v) for k, v in headers if k.lower() not in ("content-length",)]
+        try:
+            response = await self.cloud.send(UpstreamRequest("POST", "/v1/messages/count_tokens", "", kept, probe))
+            await response.aread()
+            await response.aclose()
+        except QuotaExhausted as exc:
+            health.observe_quota(self.clock(), exc.retry_after, exc.message)
+            return
+        except (Unreachable, Overloaded) as exc:
+            health.observe_unreachable(self.clock(), exc.message)
+            return
+        except ProviderError:
+            pass  # the probe's own request was refused: the cloud answers, so let the turn try
+        health.observe_ok()
+        log.info("cloud_recovered", upstream=getattr(self.cloud, "base_url", self.cloud.name))
+
+    def health_snapshot(self) -> dict[str, Any]:
+        return {key.split("#")[0] + "#…" + key[-4:]: value.snapshot() for key, value in self._health.items()}
+
+    # ------------------------------------------------------------------------------- embedding
+
+    async def create(self, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> tuple[int, JSON,
+                                                                                                        dict[str, str]]:
+        """Embedding API: one non-streaming Messages call; returns ``(status, json, headers)``."""
+        payload = {**body}
+        payload.pop("stream", None)
+        reply = await self.handle(Incoming("POST", "/v1/messages", "", list((headers or {}).items()),
+                                           orjson.dumps(payload)))
+        data = reply.body
+        if reply.stream is not None:
+            data = b"".join([chunk async for chunk in reply.stream])
+        return reply.status, orjson.loads(data), {k.lower(): v for k, v in reply.headers}
+
+
+def parse_body(raw: bytes) -> JSON:
+    """The request body as a dict, or a 400 that says what is wrong with it."""
+    if not raw:
+        raise invalid_request("request body is empty: expected a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise invalid_request(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise invalid_request(f"request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def validate_messages(body: JSON) -> list[JSON]:
+    """Check what Trooper reads from ``messages``; anything else is left for the provider to judge."""
+    messages = body.get("messages")
+    if messages is None:
+        raise invalid_request("messages: field required")
+    if not isinstance(messages, list):
+        raise invalid_request(f"messages: must be a list, got {type(messages).__name__}")
+    if not messages:
+        raise invalid_request("messages: at least one message is required")
+    if len(messages) > 100_000:
+        raise invalid_request(f"messages: at most 100000 messages are allowed, got {len(messages)}")
+    for position, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise invalid_request(f"messages.{position}: must be an object")
+        if message.get("role") not in ("user", "assistant"):
+            raise invalid_request(f"messages.{position}.role: must be 'user' or 'assistant'")
+        content = message.get("content")
+        if isinstance(content, list):
+            for number, block in enumerate(content):
+                if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+                    raise invalid_request(f"messages.{position}.content.{number}: must be an object with a type")
+        elif not isinstance(content, str):
+            raise invalid_request(f"messages.{position}.content: must be a string or a list of blocks")
+    return messages
+
+
+def strip_controls(body: JSON, controls: Controls, marker: str) -> JSON:
+    """The body a provider may see: Trooper's fields removed, the marker cut from the prompt."""
+    out = {k: v for k, v in body.items() if k not in TROOPER_FIELDS}
+    if controls.marker_block is None:
+        return out
+    message_index, block_index = controls.marker_block
+    messages = list(out["messages"])
+    message = dict(messages[message_index])
+    blocks = content_blocks(message)
+    block = blocks[block_index]
+    text = block if isinstance(block, str) else str(block.get("text", ""))
+    stripped = strip_marker(text, marker) or ""
+    new_block = {**block, "text": stripped} if isinstance(block, Mapping) else {"type": "text", "text": stripped}
+    message["content"] = [*blocks[:block_index], new_block, *blocks[block_index + 1:]]
+    messages[message_index] = message
+    out["messages"] = messages
+    return out
+
+
+__all__ = ["Engine", "Incoming", "Outgoing", "Turn", "parse_body", "validate_messages"]
