@@ -390,7 +390,8 @@ class Engine:
             return self._local_failed(turn, headers, cloud_error,
                                       ProviderError("no local provider is configured"))
         marker = self.config.locality.marker if turn.controls.source == "marker" else None
-        self.ledger.record_local(turn.messages[turn.turn_start:], session=turn.session, origin=origin,
+        prompt_blocks = [block for message in turn.messages[turn.turn_start:] for block in content_blocks(message)]
+        self.ledger.record_local(prompt_blocks, session=turn.session, origin=origin,
                                  shareable=self.config.locality.share_fallback_after_recovery, marker=marker)
         memory = turn.memory
         assert memory is not None
