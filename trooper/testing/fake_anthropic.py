@@ -62,17 +62,23 @@ from trooper.wire import (
 )
 
 __all__ = [
+    "BETA_FIELDS",
     "CREDIT_BALANCE_TOO_LOW",
+    "DEFAULT_MODELS",
     "MESSAGES_FIELDS",
+    "Block",
+    "CountScript",
     "Disconnect",
     "Drop",
     "ErrorReply",
     "FakeAnthropic",
+    "Fault",
     "Garbage",
     "Hang",
     "RecordedRequest",
     "RedactedThinking",
     "Reply",
+    "Script",
     "StreamError",
     "Text",
     "Thinking",
@@ -82,19 +88,23 @@ __all__ = [
     "credit_balance_too_low",
     "disconnect",
     "error",
+    "estimate_tokens",
     "forbidden",
     "hang",
     "overloaded",
     "rate_limited",
     "redacted_thinking",
+    "render_message",
     "server_error",
     "spend_limit_reached",
+    "stream_events",
     "text",
     "thinking",
     "token_count",
     "tool_use",
     "unauthorized",
     "unified_quota_rejected",
+    "validate",
 ]
 
 # ------------------------------------------------------------------------------------------ constants
@@ -137,6 +147,7 @@ _REDACTED_DATA: Final = "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAF
 _FRAGMENT: Final = 12  # characters per streamed text/thinking/json fragment
 _SCOPE_RECORDED: Final = "trooper.fake.recorded"
 _SCOPE_TRANSPORT: Final = "trooper.fake.transport"
+_ERROR_TYPES: Final[Mapping[int, str]] = {status: kind for kind, status in ERROR_STATUS.items()}
 
 Headers: TypeAlias = tuple[tuple[str, str], ...]
 
@@ -450,8 +461,6 @@ def token_count(input_tokens: int) -> TokenCount:
     return TokenCount(input_tokens)
 
 
-_ERROR_TYPES: Final[Mapping[int, str]] = {status: kind for kind, status in ERROR_STATUS.items()}
-
 # ----------------------------------------------------------------------------------------- validation
 
 
@@ -663,7 +672,10 @@ class _Playback(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         plan, halt = self.plan, asyncio.Event()
-        watcher = asyncio.ensure_future(self._watch(receive, halt))
+        # Only an answer that waits needs to notice a departed client or a stopping fake; a plain one
+        # skips the watcher so the fake stays cheap enough to benchmark against.
+        waits = plan.opening == "hang" or plan.header_delay > 0 or plan.chunk_delay > 0
+        watcher = asyncio.ensure_future(self._watch(receive, halt)) if waits else None
         try:
             if plan.opening == "disconnect":
                 await _abort(scope)
@@ -687,9 +699,10 @@ class _Playback(Response):
                 return
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
 
     async def _watch(self, receive: Receive, halt: asyncio.Event) -> None:
         async def client_gone() -> None:
@@ -1002,9 +1015,7 @@ class FakeAnthropic:
         if fault is not None:
             cut = max(0, fault.after)
             if isinstance(fault, StreamError):
-                payload = error_payload(fault.error_type, fault.message)
-                payload["request_id"] = request_id
-                frames = [*frames[:cut], encode_sse(payload)]
+                frames = [*frames[:cut], encode_sse(error_payload(fault.error_type, fault.message))]
             elif isinstance(fault, Drop):
                 frames, drop = frames[:cut], True
             else:
