@@ -67,6 +67,10 @@ class AnthropicConfig:
     first_byte_timeout: float = attrs.field(default=600.0, validator=_positive)
     #: Longest silence allowed between two chunks of a stream; there is no cap on a stream's length.
     idle_timeout: float = attrs.field(default=300.0, validator=_positive)
+    #: 529 and 5xx answers are retried this many times (back-off doubling from ``overload_backoff``
+    #: seconds) before the turn falls back to the local model.
+    overload_retries: int = attrs.field(default=2, validator=attrs.validators.ge(0))
+    overload_backoff: float = attrs.field(default=0.25, validator=_positive)
     #: ``aiohttp`` (default, fastest under concurrency) or ``httpx`` (httpcore's own pool).
     transport: Literal["aiohttp", "httpx"] = "aiohttp"
 

@@ -60,8 +60,6 @@ from trooper.wire import (
 
 log = structlog.get_logger("trooper")
 
-#: 529/5xx are retried this many times, with these pauses, before the turn falls back (DESIGN §8).
-OVERLOAD_RETRIES: tuple[float, ...] = (0.25, 0.75)
 _RESPONSE_DROP = HOP_BY_HOP - {"content-length"}
 
 
@@ -200,7 +198,8 @@ class Engine:
         lock = self._locks.setdefault(session, asyncio.Lock())
         async with lock:
             conv = self._load(session)
-            plan = decide(conv.state, controls=controls, continuation=continuation, health=health.status)
+            known = health.status if self.local is not None else Health.UP
+            plan = decide(conv.state, controls=controls, continuation=continuation, health=known)
             turn.route, turn.reason = plan.route, plan.reason
             self._apply(conv, plan, turn, health.status)
             if plan.route == "local" and turn.memory is None:
@@ -208,8 +207,10 @@ class Engine:
             self._save(conv)
         headers = self._trooper_headers(conv, turn)
         if plan.route == "local":
-            origin: Origin = "forced" if controls.force_local or conv.state == "local" else "fallback"
-            return await self._run_local(turn, headers, origin=origin, cloud_error=None)
+            forced = controls.force_local or conv.state == "local"
+            origin: Origin = "forced" if forced else "fallback"
+            return await self._run_local(turn, headers, origin=origin,
+                                         cloud_error=None if forced else health.last_failure)
         return await self._run_cloud(request, turn, conv, health, headers)
 
     def _continuation_route(self, messages: Sequence[JSON]) -> Route | None:
@@ -313,8 +314,9 @@ class Engine:
             return _error(exc, headers)
         upstream = UpstreamRequest(request.method, request.path, request.query, request.headers, payload)
         try:
-            response = await self._send_with_retries(upstream)
+            response, first = await self._first_bytes(upstream)
         except (QuotaExhausted, Unreachable, Overloaded) as exc:
+            health.last_failure = exc
             now = self.clock()
             if isinstance(exc, QuotaExhausted):
                 health.observe_quota(now, exc.retry_after, exc.message)
@@ -336,22 +338,44 @@ class Engine:
         if result.new_cloud_fingerprints:
             self.ledger.record_cloud(result.new_cloud_fingerprints, session=conv.id)
         out_headers = [(k, v) for k, v in response.headers if k.lower() not in _RESPONSE_DROP] + headers
-        return Outgoing(response.status, out_headers, stream=self._relay(response))
+        return Outgoing(response.status, out_headers, stream=self._relay(response, first))
 
-    async def _send_with_retries(self, upstream: UpstreamRequest) -> UpstreamResponse:
-        for pause in (*OVERLOAD_RETRIES, None):
+    async def _first_bytes(self, upstream: UpstreamRequest) -> tuple[UpstreamResponse, list[bytes]]:
+        """Send (retrying 529/5xx with back-off) and read up to the first chunk a client would see.
+
+        Until the client has received a byte, any failure can still be answered by a fallback: a
+        non-streaming body is read whole (it is small), a stream up to its first chunk (which the
+        client would be waiting for anyway), so a connection reset there is still a clean fallback.
+        """
+        settings = self.config.anthropic
+        pause = settings.overload_backoff
+        for attempt in range(settings.overload_retries + 1):
             try:
-                return await self.cloud.send(upstream)
+                response = await self.cloud.send(upstream)
             except Overloaded:
-                if pause is None:
+                if attempt == settings.overload_retries:
                     raise
                 await asyncio.sleep(pause)
+                pause *= 2
+                continue
+            try:
+                if _is_sse(response.headers):
+                    chunks = response.aiter_raw()
+                    first = [await anext(chunks, b"")]
+                    return _Prefetched(response, chunks), first
+                return _Prefetched(response, None), [await response.aread()]
+            except ProviderError:
+                await response.aclose()
+                raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _relay(self, response: UpstreamResponse) -> AsyncIterator[bytes]:
+    async def _relay(self, response: UpstreamResponse, first: Sequence[bytes] = ()) -> AsyncIterator[bytes]:
         """Relay upstream bytes as they arrive; a failure mid-stream becomes an SSE error event."""
-        is_sse = any(k.lower() == "content-type" and "text/event-stream" in v for k, v in response.headers)
+        is_sse = _is_sse(response.headers)
         try:
+            for chunk in first:
+                if chunk:
+                    yield chunk
             async for chunk in response.aiter_raw():
                 yield chunk
         except ProviderError as exc:
@@ -543,6 +567,31 @@ class Engine:
         if reply.stream is not None:
             data = b"".join([chunk async for chunk in reply.stream])
         return reply.status, orjson.loads(data), {k.lower(): v for k, v in reply.headers}
+
+
+def _is_sse(headers: Sequence[tuple[str, str]]) -> bool:
+    return any(k.lower() == "content-type" and "text/event-stream" in v for k, v in headers)
+
+
+class _Prefetched:
+    """An upstream response whose first bytes were already read: the rest continues the same stream."""
+
+    def __init__(self, response: UpstreamResponse, rest: AsyncIterator[bytes] | None) -> None:
+        self._response = response
+        self._rest = rest
+        self.status = response.status
+        self.headers = response.headers
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        if self._rest is not None:
+            async for chunk in self._rest:
+                yield chunk
+
+    async def aread(self) -> bytes:
+        return b"".join([chunk async for chunk in self.aiter_raw()])
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
 
 
 def parse_body(raw: bytes) -> JSON:

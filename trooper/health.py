@@ -10,6 +10,7 @@ from __future__ import annotations
 import attrs
 
 from trooper.conversation import Health
+from trooper.providers.base import ProviderError
 
 #: Back-off after consecutive unreachable errors, seconds (then stays at the last value).
 OFFLINE_BACKOFF: tuple[float, ...] = (2.0, 5.0, 15.0, 30.0, 60.0)
@@ -25,9 +26,12 @@ class CloudHealth:
     failures: int = 0
     last_error: str = ""
     last_probe: float | None = None
+    #: The cloud's last failing answer: what a fallback turn shows when the local model fails too.
+    last_failure: ProviderError | None = None
 
     def observe_ok(self) -> None:
         self.status, self.retry_at, self.failures, self.last_error = Health.UP, 0.0, 0, ""
+        self.last_failure = None
 
     def observe_quota(self, now: float, retry_after: float | None, message: str) -> None:
         self.status = Health.QUOTA
