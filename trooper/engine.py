@@ -607,8 +607,28 @@ def parse_body(raw: bytes) -> JSON:
     return body
 
 
+#: Top-level fields Trooper reads, and the JSON types it can work with.
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "system": ((str, list), "a string or a list of text blocks"),
+    "stream": ((bool,), "a boolean"),
+    "tools": ((list,), "a list of tools"),
+    "metadata": ((dict,), "an object"),
+    "max_tokens": ((int,), "an integer"),
+}
+
+
 def validate_messages(body: JSON) -> list[JSON]:
-    """Check what Trooper reads from ``messages``; anything else is left for the provider to judge."""
+    """Check what Trooper reads (``messages`` and a few fields); the rest is for the provider to judge."""
+    for field, (types, described) in _FIELD_TYPES.items():
+        value = body.get(field)
+        if value is not None and (not isinstance(value, types) or (field == "max_tokens" and isinstance(value, bool))):
+            raise invalid_request(f"{field}: must be {described}, got {type(value).__name__}")
+    for field in ("system", "tools"):
+        value = body.get(field)
+        if isinstance(value, list):
+            for number, item in enumerate(value):
+                if not isinstance(item, dict):
+                    raise invalid_request(f"{field}.{number}: must be an object")
     messages = body.get("messages")
     if messages is None:
         raise invalid_request("messages: field required")

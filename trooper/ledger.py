@@ -416,9 +416,10 @@ def _guard(
     fresh: set[str] = set()
     hits: list[GuardHit] = []
     candidates: list[tuple[str, Any]] = []
-    if system is not None:
-        for number, block in enumerate([system] if isinstance(system, str) else list(system)):
-            candidates.append((f"system.{number}", block))
+    if isinstance(system, str):
+        candidates.append(("system", system))
+    elif isinstance(system, list):
+        candidates.extend((f"system.{number}", block) for number, block in enumerate(system))
     for position, message in enumerate(messages):
         for number, block in enumerate(content_blocks(message)):
             candidates.append((f"messages.{position}.content.{number}", block))
