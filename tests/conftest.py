@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import anthropic
 import attrs
 import pytest
 
+from trooper.audit import configure_logging
 from trooper.config import Config, LocalityConfig, OllamaConfig
 from trooper.engine import Engine
 from trooper.providers.anthropic import AnthropicProvider
@@ -19,6 +21,9 @@ from trooper.store.base import SessionStore
 from trooper.testing import FakeAnthropic, FakeOllama, LoopbackServer, unused_port_url
 
 API_KEY = "sk-ant-test-0000"
+#: Trooper logs every turn; the tests that read logs configure their own stream.
+QUIET = open(os.devnull, "w")  # noqa: SIM115
+configure_logging("info", QUIET)
 
 
 @pytest.fixture(scope="session")

@@ -105,7 +105,7 @@ def _deep(levels: int) -> bytes:
          "message-not-object", "bad-role", "content-number", "block-without-type", "x_force_local-int",
          "force-header", "session-header", "deep-nesting", "too-many-messages"],
 )
-def test_each_bad_request_gets_a_named_error(stored: Harness, fake_cloud: FakeAnthropic, body: bytes,
+def test_each_bad_request_gets_a_named_error(stored: Harness, fake_cloud: FakeAnthropic, body: bytes, *,
                                              headers: dict[str, str], status: int, mentions: str) -> None:
     before = snapshot(stored)
     fake_cloud.clear()

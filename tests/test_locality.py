@@ -3,6 +3,7 @@ back to the cloud by itself, and the cloud never receives anything the local tur
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -32,10 +33,8 @@ def assert_absent(fake: FakeAnthropic, *secrets: str) -> None:
     unescaped = folded
     for request in fake.requests:
         if request.body:
-            try:
+            with contextlib.suppress(orjson.JSONDecodeError):
                 unescaped += " ".join(orjson.dumps(orjson.loads(request.body)).decode().split()).casefold()
-            except orjson.JSONDecodeError:
-                pass
     for secret in secrets:
         assert secret.encode() not in raw
         assert secret.casefold() not in folded
@@ -211,7 +210,8 @@ def test_egress_guard_refuses_local_text_pasted_into_a_cloud_prompt(trooper: Har
 
 
 @pytest.fixture
-def two_instances(fake_cloud: FakeAnthropic, fake_local: FakeOllama, tmp_path: Any) -> Iterator[tuple[Harness, Harness]]:
+def two_instances(fake_cloud: FakeAnthropic, fake_local: FakeOllama,
+                  tmp_path: Any) -> Iterator[tuple[Harness, Harness]]:
     """Two Trooper instances sharing one SQLite store, as behind a load balancer."""
     from trooper.store import SQLiteStore
 

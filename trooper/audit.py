@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 import structlog
 
@@ -24,9 +24,13 @@ def scrub(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableM
     return event
 
 
-def configure_logging(level: str = "info") -> None:
-    """JSON lines to stderr (console rendering when stderr is a terminal)."""
-    renderer: Any = (structlog.dev.ConsoleRenderer() if sys.stderr.isatty()
+def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
+    """JSON lines to ``stream`` (stderr by default; a readable console when it is a terminal).
+
+    Loggers are not cached on first use, so re-configuring (tests, embedders) reaches every module.
+    """
+    out = stream if stream is not None else sys.stderr
+    renderer: Any = (structlog.dev.ConsoleRenderer() if out.isatty()
                      else structlog.processors.JSONRenderer())
     structlog.configure(
         processors=[
@@ -37,6 +41,6 @@ def configure_logging(level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
     )

@@ -6,11 +6,16 @@ traceback — because the first thing a new user does is mistype an environment 
 
 from __future__ import annotations
 
+import ipaddress
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
+import orjson
+from rich.console import Console
+from rich.table import Table
 
 from trooper import __version__
 from trooper.config import Config, ConfigError, load_config
@@ -19,6 +24,15 @@ from trooper.config import Config, ConfigError, load_config
 def _fail(message: str) -> NoReturn:
     click.echo(f"trooper: {message}", err=True)
     sys.exit(2)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _config(path: str | None) -> Config:
@@ -53,6 +67,9 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     server = attrs.evolve(config.server, host=host or config.server.host,
                           port=config.server.port if port is None else port)
     config = attrs.evolve(config, server=server)
+    if not _loopback(config.server.host) and not config.server.admin_token:
+        _fail(f"refusing to listen on {config.server.host} without an admin token: set TROOPER_ADMIN_TOKEN "
+              "(the admin API shows sessions and health) or listen on 127.0.0.1")
     configure_logging(config.server.log_level)
     try:
         engine = Engine.from_config(config)
@@ -99,3 +116,132 @@ def graph(fmt: str, directory: str | None, session: str | None, config_path: str
             _fail(f"no stored conversation {session!r}")
         conversation = conversation_from_dict(data)
     click.echo(render("mermaid" if fmt == "mermaid" else "dot", conversation))
+
+
+def _open_store(config_path: str | None) -> Any:
+    from trooper.store import open_store
+
+    config = _config(config_path)
+    try:
+        return open_store(config.store.path)
+    except OSError as exc:
+        _fail(f"cannot open the store at {config.store.path}: {exc}")
+
+
+def _when(at: float | None) -> str:
+    if at is None:
+        return "-"
+    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def sessions(config_path: str | None, limit: int, as_json: bool) -> None:
+    """List stored conversations, most recent first."""
+    store = _open_store(config_path)
+    rows = store.list_conversations(limit)
+    store.close()
+    if as_json:
+        click.echo(orjson.dumps([{k: row.get(k) for k in ("id", "state", "turns", "transitions", "updated")}
+                                 for row in rows], option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title="Trooper conversations")
+    for column in ("session", "state", "turns", "transitions", "last activity (UTC)"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["id"], row.get("state", "?"), str(row.get("turns", 0)), str(row.get("transitions", 0)),
+                      _when(row.get("updated")))
+    Console().print(table)
+
+
+@main.command()
+@click.argument("session_id")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def session(session_id: str, config_path: str | None, as_json: bool) -> None:
+    """One conversation: its state, turns and transitions."""
+    from trooper.conversation import conversation_from_dict
+
+    store = _open_store(config_path)
+    data = store.load_conversation(session_id)
+    transitions = [e for e in store.audit(session_id) if e["kind"] == "transition"]
+    store.close()
+    if data is None:
+        _fail(f"no stored conversation {session_id!r}")
+    conv = conversation_from_dict(data)
+    if as_json:
+        click.echo(orjson.dumps({"id": conv.id, "state": conv.state, "turns": conv.turns,
+                                 "edge_counts": conv.edge_counts, "transitions": transitions},
+                                option=orjson.OPT_INDENT_2).decode())
+        return
+    console = Console()
+    console.print(f"[bold]{conv.id}[/bold]  state [bold]{conv.state}[/bold]  turns {conv.turns}  "
+                  f"transitions {conv.transitions}")
+    table = Table(title="transitions")
+    for column in ("time (UTC)", "event", "from", "to", "reason", "request"):
+        table.add_column(column)
+    for entry in transitions:
+        table.add_row(_when(entry.get("at")), entry.get("event", ""), entry.get("source", ""),
+                      entry.get("dest", ""), entry.get("reason", ""), entry.get("request_id") or "-")
+    console.print(table)
+
+
+@main.command()
+@click.option("--session", "session_id", required=True, help="The conversation whose audit trail to print.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines for scripts.")
+def audit(session_id: str, config_path: str | None, as_json: bool) -> None:
+    """Every decision Trooper took for one conversation: transitions, turns, guard actions."""
+    store = _open_store(config_path)
+    records = store.audit(session_id)
+    store.close()
+    if not records:
+        _fail(f"no audit records for {session_id!r}")
+    if as_json:
+        for record in records:
+            click.echo(orjson.dumps(record).decode())
+        return
+    table = Table(title=f"audit trail of {session_id}")
+    for column in ("time (UTC)", "kind", "route / event", "reason", "details"):
+        table.add_column(column)
+    for record in records:
+        kind = record["kind"]
+        if kind == "transition":
+            what, details = f"{record['event']}: {record['source']} → {record['dest']}", ""
+        elif kind == "turn":
+            what = f"{record.get('route')} ({record.get('provider')} {record.get('model')})"
+            layers = record.get("memory") or {}
+            details = (f"status {record.get('status')}, withheld {record.get('withheld_blocks', 0)} blocks, "
+                       f"guard hits {record.get('guard_hits', 0)}, {record.get('duration_ms')} ms"
+                       + (f", memory {layers}" if layers else ""))
+        else:
+            what = kind
+            details = ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("at", "kind"))
+        table.add_row(_when(record.get("at")), kind, what, str(record.get("reason", "")), details)
+    Console().print(table)
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
+def doctor(config_path: str | None) -> None:
+    """Check the configuration and whether the cloud and the local model answer."""
+    import asyncio
+
+    from trooper.config import redacted
+    from trooper.doctor import diagnose
+
+    config = _config(config_path)
+    console = Console()
+    console.print("[bold]configuration[/bold] (credentials hidden)")
+    console.print_json(orjson.dumps(redacted(config)).decode())
+    checks = asyncio.run(diagnose(config))
+    table = Table(title="checks")
+    for column in ("check", "result", "detail"):
+        table.add_column(column)
+    for check in checks:
+        table.add_row(check.name, "[green]ok[/green]" if check.ok else "[red]FAIL[/red]", check.detail)
+    console.print(table)
+    if not all(check.ok for check in checks):
+        sys.exit(1)

@@ -55,6 +55,9 @@ class ServerConfig:
     #: Request bodies larger than this get 413 ``request_too_large`` (Anthropic's own limit is 32 MB).
     max_body_bytes: int = attrs.field(default=32 * 1024 * 1024, validator=_positive)
     log_level: str = "info"
+    #: Bearer token the admin API (``/trooper/…``, ``/metrics``) requires. Trooper refuses to listen on
+    #: a non-loopback address without one.
+    admin_token: str | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen
@@ -109,6 +112,18 @@ class StoreConfig:
 
 
 @attrs.frozen
+class RetentionConfig:
+    """How long conversations and their audit trail are kept. Ledger entries are never pruned:
+    they are what keeps local content out of the cloud, whatever happened to the conversation."""
+
+    max_age_days: float | None = 90.0
+    max_sessions: int | None = 100_000
+    max_audit_per_session: int | None = 10_000
+    #: How often the pruning runs while serving.
+    interval_seconds: float = attrs.field(default=3600.0, validator=_positive)
+
+
+@attrs.frozen
 class ProvidersConfig:
     cloud: str = "anthropic"
     local: str = "ollama"
@@ -122,6 +137,7 @@ class Config:
     locality: LocalityConfig = attrs.field(factory=LocalityConfig)
     store: StoreConfig = attrs.field(factory=StoreConfig)
     providers: ProvidersConfig = attrs.field(factory=ProvidersConfig)
+    retention: RetentionConfig = attrs.field(factory=RetentionConfig)
 
 
 _SECTIONS: Final[Mapping[str, type]] = {
@@ -142,6 +158,7 @@ ENV_ALIASES: Final[Mapping[str, tuple[str, str]]] = {
     "TROOPER_STORE": ("store", "path"),
     "TROOPER_MAX_BODY_BYTES": ("server", "max_body_bytes"),
     "TROOPER_LOCAL_MARKER": ("locality", "marker"),
+    "TROOPER_ADMIN_TOKEN": ("server", "admin_token"),
 }
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
@@ -179,8 +196,8 @@ def _coerce(section: str, field: str, source: str, raw: str) -> Any:
             return lowered in ("1", "true", "yes", "on")
         if kind in (int, int | None):
             return None if raw == "" and kind is not int else int(raw)
-        if kind is float:
-            return float(raw)
+        if kind in (float, float | None):
+            return None if raw == "" and kind is not float else float(raw)
     except ValueError as exc:
         reason = "expected a number" if kind is not bool else str(exc)
         raise ConfigError(f"bad setting {section}.{field} (from {source}): {reason}, got {raw!r}") from None
@@ -249,4 +266,6 @@ def redacted(config: Config) -> dict[str, Any]:
     data: dict[str, Any] = _converter.unstructure(config)
     if data["anthropic"].get("api_key"):
         data["anthropic"]["api_key"] = "***"
+    if data["server"].get("admin_token"):
+        data["server"]["admin_token"] = "***"
     return data

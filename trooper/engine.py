@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import orjson
@@ -19,7 +19,14 @@ import structlog
 
 from trooper.config import Config
 from trooper.context import Memory, MemoryResult
-from trooper.conversation import Conversation, Health, conversation_from_dict, conversation_to_dict, fire
+from trooper.conversation import (
+    Conversation,
+    Health,
+    TransitionRecord,
+    conversation_from_dict,
+    conversation_to_dict,
+    fire,
+)
 from trooper.decide import TROOPER_FIELDS, Controls, Plan, Route, decide, read_controls
 from trooper.health import CloudHealth
 from trooper.identity import session_id
@@ -33,6 +40,7 @@ from trooper.ledger import (
     id_fingerprint,
     strip_marker,
 )
+from trooper.metrics import Metrics
 from trooper.providers.anthropic import HOP_BY_HOP
 from trooper.providers.base import (
     AuthError,
@@ -99,6 +107,11 @@ class Turn:
     memory: MemoryResult | None = None
     route: Route = "cloud"
     reason: str = "default"
+    provider: str = ""
+    model: str = ""
+    withheld_blocks: int = 0
+    withheld_turns: int = 0
+    guard_hits: int = 0
 
     def compact(self) -> None:
         """Called synchronously by the state machine when a turn starts running locally."""
@@ -135,6 +148,8 @@ class Engine:
         self.ledger = Ledger(store, shingle_words=locality.egress_shingle_words,
                              share_fallback=locality.share_fallback_after_recovery)
         self.memory = Memory(self.config, local)
+        self.metrics = Metrics()
+        self.started_at = clock()
         self._health: dict[str, CloudHealth] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -206,12 +221,52 @@ class Engine:
                 turn.compact()  # a tool-loop continuation: same memory, no transition
             self._save(conv)
         headers = self._trooper_headers(conv, turn)
+        started = time.perf_counter()
         if plan.route == "local":
             forced = controls.force_local or conv.state == "local"
             origin: Origin = "forced" if forced else "fallback"
-            return await self._run_local(turn, headers, origin=origin,
-                                         cloud_error=None if forced else health.last_failure)
-        return await self._run_cloud(request, turn, conv, health, headers)
+            reply = await self._run_local(turn, headers, origin=origin,
+                                          cloud_error=None if forced else health.last_failure)
+        else:
+            reply = await self._run_cloud(request, turn, conv, health, headers)
+        return self._audited(reply, turn, started)
+
+    def _audited(self, reply: Outgoing, turn: Turn, started: float) -> Outgoing:
+        """Write the turn's audit record and metrics once the response is complete."""
+        first_byte = time.perf_counter() - started
+        if reply.stream is None:
+            self._record_turn(turn, reply.status, first_byte, first_byte)
+            return reply
+        reply.stream = self._finishing(reply.stream, turn, reply.status, started, first_byte)
+        return reply
+
+    async def _finishing(self, stream: AsyncIterator[bytes], turn: Turn, status: int, started: float,
+                         first_byte: float) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in stream:
+                yield chunk
+        finally:
+            self._record_turn(turn, status, first_byte, time.perf_counter() - started)
+
+    def _record_turn(self, turn: Turn, status: int, first_byte: float, duration: float) -> None:
+        """The audit trail's turn record: ids, route, counts and timings — never content (DESIGN I6)."""
+        data: dict[str, Any] = {
+            "request_id": turn.request_id, "route": turn.route, "reason": turn.reason, "status": status,
+            "provider": turn.provider, "model": turn.model, "stream": turn.stream,
+            "withheld_blocks": turn.withheld_blocks, "withheld_turns": turn.withheld_turns,
+            "guard_hits": turn.guard_hits, "first_byte_ms": round(first_byte * 1000, 3),
+            "duration_ms": round(duration * 1000, 3),
+        }
+        if turn.memory is not None:
+            data["memory"] = turn.memory.layers
+        self.store.audit_append(turn.session, self.clock(), "turn", data)
+        self.metrics.requests.labels(turn.route, str(status)).inc()
+        self.metrics.first_byte.labels(turn.route).observe(first_byte)
+        self.metrics.duration.labels(turn.route).observe(duration)
+        if turn.reason in ("quota", "offline"):
+            self.metrics.fallbacks.labels(turn.reason).inc()
+        log.info("turn", session=turn.session, **{k: v for k, v in data.items() if k != "memory"},
+                 memory=data.get("memory"))
 
     def _continuation_route(self, messages: Sequence[JSON]) -> Route | None:
         """A tool loop keeps its turn's route: local when the tool calls it answers were local."""
@@ -235,9 +290,7 @@ class Engine:
             record = fire(conv, event, reason=plan.reason, at=now, request_id=turn.request_id, health=health,
                           turn=turn)
             if record is not None:
-                self.store.audit_append(conv.id, now, "transition", attrs.asdict(record))
-                log.info("transition", session=conv.id, trooper_event=record.event, source=record.source,
-                         dest=record.dest, reason=record.reason, request_id=turn.request_id)
+                self._record_transition(conv.id, record)
         if plan.events:
             conv.turns += 1
         conv.turn_route, conv.turn_reason = plan.route, plan.reason
@@ -246,14 +299,18 @@ class Engine:
         now = self.clock()
         record = fire(conv, event, reason=reason, at=now, request_id=turn.request_id, turn=turn)
         if record is not None:
-            self.store.audit_append(conv.id, now, "transition", attrs.asdict(record))
-            log.info("transition", session=conv.id, trooper_event=record.event, source=record.source,
-                     dest=record.dest, reason=reason, request_id=turn.request_id)
+            self._record_transition(conv.id, record)
         conv.turn_route, conv.turn_reason = "local", reason
         turn.route, turn.reason = "local", reason
         if turn.memory is None:
             turn.compact()
         self._save(conv)
+
+    def _record_transition(self, session: str, record: TransitionRecord) -> None:
+        self.store.audit_append(session, record.at, "transition", attrs.asdict(record))
+        self.metrics.transitions.labels(record.event).inc()
+        log.info("transition", session=session, trooper_event=record.event, source=record.source,
+                 dest=record.dest, reason=record.reason, request_id=record.request_id)
 
     def _load(self, session: str) -> Conversation:
         data = self.store.load_conversation(session)
@@ -305,13 +362,25 @@ class Engine:
 
     async def _run_cloud(self, request: Incoming, turn: Turn, conv: Conversation, health: CloudHealth,
                          headers: list[tuple[str, str]]) -> Outgoing:
+        turn.provider, turn.model = self.cloud.name, str(turn.body.get("model", ""))
         try:
             payload, result = self.cloud_payload(turn.body, turn.messages, turn.turn_start, request.body)
         except TrooperError as exc:
-            self.store.audit_append(conv.id, self.clock(), "egress_blocked",
-                                    {"request_id": turn.request_id, "message": exc.message})
+            self.store.audit_append(conv.id, self.clock(), "egress_guard",
+                                    {"request_id": turn.request_id, "action": "block"})
+            self.metrics.guard_hits.labels("block").inc()
             log.warning("egress_blocked", session=conv.id, request_id=turn.request_id)
             return _error(exc, headers)
+        turn.withheld_blocks, turn.withheld_turns = result.withheld_blocks, result.withheld_turns
+        turn.guard_hits = len(result.guard_hits)
+        if result.withheld_blocks:
+            self.metrics.withheld.inc(result.withheld_blocks)
+        if result.guard_hits:
+            action = self.config.locality.egress_action
+            self.metrics.guard_hits.labels(action).inc(len(result.guard_hits))
+            self.store.audit_append(conv.id, self.clock(), "egress_guard",
+                                    {"request_id": turn.request_id, "action": action,
+                                     "hits": [hit.path for hit in result.guard_hits]})
         upstream = UpstreamRequest(request.method, request.path, request.query, request.headers, payload)
         try:
             response, first = await self._first_bytes(upstream)
@@ -334,7 +403,6 @@ class Engine:
         except (AuthError, BadRequest, ProviderError) as exc:
             return self._provider_error(exc, headers)
         health.observe_ok()
-        self._note_turn(conv.id, turn, result)
         if result.new_cloud_fingerprints:
             self.ledger.record_cloud(result.new_cloud_fingerprints, session=conv.id)
         out_headers = [(k, v) for k, v in response.headers if k.lower() not in _RESPONSE_DROP] + headers
@@ -394,17 +462,6 @@ class Engine:
         error = TrooperError(exc.error_type if exc.status else "api_error", exc.message, status=status)
         return _error(error, [*headers, ("x-should-retry", "false")] if status == 502 else headers)
 
-    def _note_turn(self, session: str, turn: Turn, result: FilterResult | None) -> None:
-        data: dict[str, Any] = {"request_id": turn.request_id, "route": turn.route, "reason": turn.reason,
-                                "stream": turn.stream}
-        if result is not None:
-            data.update(withheld_blocks=result.withheld_blocks, withheld_turns=result.withheld_turns,
-                        guard_hits=len(result.guard_hits))
-        if turn.memory is not None:
-            data["memory"] = turn.memory.layers
-        self.store.audit_append(session, self.clock(), "turn", data)
-        log.info("turn", session=session, **data)
-
     # ---------------------------------------------------------------------------------- local
 
     async def _run_local(self, turn: Turn, headers: list[tuple[str, str]], *, origin: Origin,
@@ -423,6 +480,7 @@ class Engine:
         local_body["messages"] = memory.messages
         if memory.max_tokens is not None:
             local_body["max_tokens"] = memory.max_tokens
+        turn.provider, turn.model = self.local.name, self.config.ollama.model
         request = LocalRequest(local_body, model=self.config.ollama.model, stream=turn.stream,
                                num_ctx=memory.num_ctx)
         events = self.local.events(request)
@@ -431,7 +489,6 @@ class Engine:
         except (ProviderError, StopAsyncIteration) as exc:
             failure = exc if isinstance(exc, ProviderError) else ProviderError("local provider sent nothing")
             return self._local_failed(turn, headers, cloud_error, failure)
-        self._note_turn(turn.session, turn, None)
         if turn.stream:
             headers = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
                        *headers]
@@ -552,7 +609,59 @@ class Engine:
         log.info("cloud_recovered", upstream=getattr(self.cloud, "base_url", self.cloud.name))
 
     def health_snapshot(self) -> dict[str, Any]:
-        return {key.split("#")[0] + "#…" + key[-4:]: value.snapshot() for key, value in self._health.items()}
+        """Cloud health per upstream and credential; credentials appear only as a short hash."""
+        return {key: value.snapshot() for key, value in self._health.items()}
+
+    async def health_report(self) -> dict[str, Any]:
+        """Cloud health, whether the local provider answers, and whether the store does."""
+        local: dict[str, Any] = {"provider": _ollama_like(self.local), "model": self.config.ollama.model,
+                                 "context_tokens": self.memory.context_tokens}
+        check = getattr(self.local, "health", None)
+        if check is not None:
+            try:
+                local["up"] = bool(await asyncio.wait_for(check(), timeout=5))
+            except (TimeoutError, ProviderError):
+                local["up"] = False
+        try:
+            self.store.list_conversations(1)
+            store: dict[str, Any] = {"ok": True, "kind": type(self.store).__name__}
+        except Exception as exc:  # any store failure is what this report is for
+            store = {"ok": False, "kind": type(self.store).__name__, "error": type(exc).__name__}
+        return {"status": "ok", "cloud": {"provider": self.cloud.name, "upstreams": self.health_snapshot()},
+                "local": local, "store": store, "uptime_seconds": round(self.clock() - self.started_at, 3)}
+
+    def list_sessions(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [{"id": data["id"], "state": data.get("state"), "turns": data.get("turns", 0),
+                 "transitions": data.get("transitions", 0), "last_activity": data.get("updated")}
+                for data in self.store.list_conversations(limit)]
+
+    def session_report(self, session: str) -> dict[str, Any] | None:
+        data = self.store.load_conversation(session)
+        if data is None:
+            return None
+        conv = conversation_from_dict(data)
+        transitions = [e for e in self.store.audit(session) if e["kind"] == "transition"]
+        return {"id": conv.id, "state": conv.state, "turns": conv.turns, "transition_count": conv.transitions,
+                "last_event": conv.last_event, "edge_counts": conv.edge_counts, "path": conv.path,
+                "transitions": transitions}
+
+    def session_graph(self, session: str, fmt: Literal["mermaid", "dot"]) -> str | None:
+        data = self.store.load_conversation(session)
+        if data is None:
+            return None
+        from trooper.graph import render
+
+        return render(fmt, conversation_from_dict(data), title=f"Trooper conversation {session}")
+
+    def prune(self) -> dict[str, int]:
+        """Apply the retention policy; ledger entries are never pruned (DESIGN I5)."""
+        retention = self.config.retention
+        older = (self.clock() - retention.max_age_days * 86400) if retention.max_age_days is not None else None
+        removed = self.store.prune(older_than=older, max_sessions=retention.max_sessions,
+                                   max_audit_per_session=retention.max_audit_per_session)
+        if any(removed.values()):
+            log.info("pruned", **removed)
+        return removed
 
     # ------------------------------------------------------------------------------- embedding
 

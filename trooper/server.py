@@ -7,15 +7,18 @@ call (DESIGN §11). Everything else — health and admin — is an ordinary Star
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
 import structlog
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from trooper import __version__
@@ -41,10 +44,17 @@ class TrooperApp:
         self.engine = engine
         self._owns_engine = engine is None
         self.max_body = config.server.max_body_bytes
-        self.admin = Starlette(routes=[
-            Route("/", self.health, methods=["GET", "HEAD"]),
-            Route("/trooper/health", self.health, methods=["GET", "HEAD"]),
+        self.admin_app = Starlette(routes=[
+            Route("/", self.root, methods=["GET", "HEAD"]),
+            Route("/trooper/health", self.health, methods=["GET"]),
+            Route("/trooper/sessions", self.sessions, methods=["GET"]),
+            Route("/trooper/sessions/{session}", self.session, methods=["GET"]),
+            Route("/trooper/sessions/{session}/audit", self.audit, methods=["GET"]),
+            Route("/trooper/sessions/{session}/graph", self.graph, methods=["GET"]),
+            Route("/trooper/metrics", self.metrics, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
         ])
+        self._pruner: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------------------- lifecycle
 
@@ -58,12 +68,26 @@ class TrooperApp:
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                self._pruner = asyncio.create_task(self._prune_forever(self.engine))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._pruner is not None:
+                    self._pruner.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._pruner
                 if self.engine is not None and self._owns_engine:
                     await self.engine.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _prune_forever(self, engine: Engine) -> None:
+        """Retention: prune at start-up, then every ``retention.interval_seconds``."""
+        while True:
+            try:
+                engine.prune()
+            except Exception:
+                log.exception("prune_failed")
+            await asyncio.sleep(self.config.retention.interval_seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -76,7 +100,21 @@ class TrooperApp:
             await _send_whole(send, 404, _JSON_HEADERS, error_body(
                 "not_found_error", f"{scope['method']} {scope['path']}: no such route"))
             return
-        await self.admin(scope, receive, send)
+        if not self._authorized(scope):
+            await _send_whole(send, 401, [*_JSON_HEADERS, (b"www-authenticate", b"Bearer")], error_body(
+                "authentication_error", "the admin API needs 'Authorization: Bearer <admin token>'"))
+            return
+        await self.admin_app(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        token = self.config.server.admin_token
+        if not token or scope["path"] == "/":
+            return True
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, given = value.decode("latin-1").partition(" ")
+                return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+        return False
 
     # ---------------------------------------------------------------------------- API routes
 
@@ -124,16 +162,64 @@ class TrooperApp:
 
     # ---------------------------------------------------------------------------- admin routes
 
-    async def health(self, request: Request) -> Response:
+    def _engine(self) -> Engine:
+        assert self.engine is not None, "lifespan did not run"
+        return self.engine
+
+    async def root(self, request: Request) -> Response:
+        """Liveness for clients' start-up probes (Claude Code sends ``HEAD /``); says nothing more."""
         if request.method == "HEAD":
             return Response(status_code=200)
-        engine = self.engine
-        cloud = engine.health_snapshot() if engine is not None else {}
-        return JSONResponse({"status": "ok", "service": "trooper", "version": __version__, "cloud": cloud})
+        return JSONResponse({"status": "ok", "service": "trooper", "version": __version__})
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse(await self._engine().health_report())
+
+    async def sessions(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", 100)
+        return JSONResponse({"data": self._engine().list_sessions(limit)})
+
+    async def session(self, request: Request) -> Response:
+        found = self._engine().session_report(request.path_params["session"])
+        if found is None:
+            return _not_found(request.path_params["session"])
+        return JSONResponse(found)
+
+    async def audit(self, request: Request) -> Response:
+        session = request.path_params["session"]
+        records = self._engine().store.audit(session)
+        if not records and self._engine().store.load_conversation(session) is None:
+            return _not_found(session)
+        return JSONResponse({"data": records})
+
+    async def graph(self, request: Request) -> Response:
+        fmt = request.query_params.get("format", "mermaid")
+        if fmt not in ("mermaid", "dot"):
+            return JSONResponse(orjson.loads(error_body("invalid_request_error",
+                                                        "format: must be 'mermaid' or 'dot'")), status_code=400)
+        text = self._engine().session_graph(request.path_params["session"], "dot" if fmt == "dot" else "mermaid")
+        if text is None:
+            return _not_found(request.path_params["session"])
+        return PlainTextResponse(text, media_type="text/vnd.graphviz" if fmt == "dot" else "text/plain")
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(self._engine().metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 def _admin_path(path: str) -> bool:
-    return path == "/" or path.startswith("/trooper/")
+    return path in ("/", "/metrics") or path.startswith("/trooper/")
+
+
+def _int_param(request: Request, name: str, default: int) -> int:
+    try:
+        return max(1, min(10_000, int(request.query_params.get(name, default))))
+    except ValueError:
+        return default
+
+
+def _not_found(session: str) -> Response:
+    return Response(error_body("not_found_error", f"no stored conversation {session!r}"), status_code=404,
+                    media_type="application/json")
 
 
 def _too_large(limit: int) -> TrooperError:
@@ -171,4 +257,4 @@ def create_app(config: Config | None = None, engine: Engine | None = None) -> Tr
     return TrooperApp(config or (engine.config if engine is not None else Config()), engine)
 
 
-__all__ = ["TrooperApp", "create_app", "orjson"]
+__all__ = ["TrooperApp", "create_app"]

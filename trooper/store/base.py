@@ -53,4 +53,9 @@ class SessionStore(Protocol):
 
     def audit(self, session: str) -> list[dict[str, Any]]: ...
 
+    def prune(self, *, older_than: float | None, max_sessions: int | None,
+              max_audit_per_session: int | None) -> dict[str, int]:
+        """Drop old conversations and audit records; never ledger entries. Returns counts removed."""
+        ...
+
     def close(self) -> None: ...

@@ -53,5 +53,23 @@ class MemoryStore:
         with self._lock:
             return list(self._audit.get(session, []))
 
+    def prune(self, *, older_than: float | None, max_sessions: int | None,
+              max_audit_per_session: int | None) -> dict[str, int]:
+        with self._lock:
+            by_age = sorted(self._conversations.items(), key=lambda item: item[1][1], reverse=True)
+            doomed = {sid for sid, (_, at) in by_age if older_than is not None and at < older_than}
+            if max_sessions is not None:
+                doomed |= {sid for sid, _ in by_age[max_sessions:]}
+            for sid in doomed:
+                del self._conversations[sid]
+            audit_removed = sum(len(self._audit.pop(sid, [])) for sid in doomed)
+            if max_audit_per_session is not None:
+                for entries in self._audit.values():
+                    extra = len(entries) - max_audit_per_session
+                    if extra > 0:
+                        del entries[:extra]
+                        audit_removed += extra
+            return {"sessions": len(doomed), "audit": audit_removed}
+
     def close(self) -> None:
         return None

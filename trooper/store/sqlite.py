@@ -110,6 +110,34 @@ class SQLiteStore:
             ).fetchall()
         return [{"at": at, "kind": kind, **orjson.loads(data)} for at, kind, data in rows]
 
+    def prune(self, *, older_than: float | None, max_sessions: int | None,
+              max_audit_per_session: int | None) -> dict[str, int]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                doomed: set[str] = set()
+                if older_than is not None:
+                    doomed |= {row[0] for row in self._db.execute(
+                        "SELECT id FROM conversations WHERE updated < ?", (older_than,))}
+                if max_sessions is not None:
+                    doomed |= {row[0] for row in self._db.execute(
+                        "SELECT id FROM conversations ORDER BY updated DESC LIMIT -1 OFFSET ?", (max_sessions,))}
+                self._db.executemany("DELETE FROM conversations WHERE id = ?", [(sid,) for sid in doomed])
+                removed = 0
+                for sid in doomed:
+                    removed += self._db.execute("DELETE FROM audit WHERE session = ?", (sid,)).rowcount
+                if max_audit_per_session is not None:
+                    removed += self._db.execute(
+                        "DELETE FROM audit WHERE seq IN (SELECT seq FROM (SELECT seq, ROW_NUMBER() OVER "
+                        "(PARTITION BY session ORDER BY seq DESC) AS n FROM audit) WHERE n > ?)",
+                        (max_audit_per_session,),
+                    ).rowcount
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return {"sessions": len(doomed), "audit": removed}
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
