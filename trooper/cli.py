@@ -149,7 +149,7 @@ def sessions(config_path: str | None, limit: int, as_json: bool) -> None:
         return
     table = Table(title="Trooper conversations")
     for column in ("session", "state", "turns", "transitions", "last activity (UTC)"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "details")
     for row in rows:
         table.add_row(row["id"], row.get("state", "?"), str(row.get("turns", 0)), str(row.get("transitions", 0)),
                       _when(row.get("updated")))
@@ -180,8 +180,9 @@ def session(session_id: str, config_path: str | None, as_json: bool) -> None:
     console.print(f"[bold]{conv.id}[/bold]  state [bold]{conv.state}[/bold]  turns {conv.turns}  "
                   f"transitions {conv.transitions}")
     table = Table(title="transitions")
-    for column in ("time (UTC)", "event", "from", "to", "reason", "request"):
-        table.add_column(column)
+    for column in ("time (UTC)", "event", "from", "to", "reason"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("request", no_wrap=True, max_width=18)
     for entry in transitions:
         table.add_row(_when(entry.get("at")), entry.get("event", ""), entry.get("source", ""),
                       entry.get("dest", ""), entry.get("reason", ""), entry.get("request_id") or "-")
@@ -205,7 +206,7 @@ def audit(session_id: str, config_path: str | None, as_json: bool) -> None:
         return
     table = Table(title=f"audit trail of {session_id}")
     for column in ("time (UTC)", "kind", "route / event", "reason", "details"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "details")
     for record in records:
         kind = record["kind"]
         if kind == "transition":
@@ -239,7 +240,7 @@ def doctor(config_path: str | None) -> None:
     checks = asyncio.run(diagnose(config))
     table = Table(title="checks")
     for column in ("check", "result", "detail"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "details")
     for check in checks:
         table.add_row(check.name, "[green]ok[/green]" if check.ok else "[red]FAIL[/red]", check.detail)
     console.print(table)
