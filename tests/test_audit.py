@@ -155,7 +155,7 @@ def test_no_credential_or_content_in_logs_audit_admin_or_cli(scenario: Scenario)
         done = _cli(*args, store=scenario.store_path)
         assert done.returncode == 0, done.stderr
         surfaces[" ".join(args)] = done.stdout + done.stderr
-    assert '"event": "turn"' in scenario.logs and '"event": "transition"' in scenario.logs
+    assert '"event":"turn"' in scenario.logs and '"event":"transition"' in scenario.logs
     assert SESSION in surfaces["session " + SESSION]
     for name, text in surfaces.items():
         assert SECRET_KEY not in text, f"API key in {name}"

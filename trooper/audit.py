@@ -11,6 +11,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, Final, TextIO
 
+import orjson
 import structlog
 
 _SECRET_KEYS: Final = frozenset({"x-api-key", "authorization", "api_key", "apikey", "token", "password"})
@@ -24,6 +25,10 @@ def scrub(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableM
     return event
 
 
+def _dumps(value: Any, **_: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
     """JSON lines to ``stream`` (stderr by default; a readable console when it is a terminal).
 
@@ -31,7 +36,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     """
     out = stream if stream is not None else sys.stderr
     renderer: Any = (structlog.dev.ConsoleRenderer() if out.isatty()
-                     else structlog.processors.JSONRenderer())
+                     else structlog.processors.JSONRenderer(serializer=_dumps))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -82,7 +82,7 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
                err=True)
     try:
         uvicorn.run(
-            create_app(config, engine), host=config.server.host, port=config.server.port,
+            create_app(config, engine, owns_engine=True), host=config.server.host, port=config.server.port,
             http="httptools", loop="uvloop" if sys.platform != "win32" else "asyncio",
             log_level="warning", access_log=False, lifespan="on",
         )

@@ -109,6 +109,7 @@ class Turn:
     reason: str = "default"
     provider: str = ""
     model: str = ""
+    conversation: Conversation | None = None  # to save with the turn record (no state change to hurry)
     withheld_blocks: int = 0
     withheld_turns: int = 0
     guard_hits: int = 0
@@ -216,10 +217,13 @@ class Engine:
             known = health.status if self.local is not None else Health.UP
             plan = decide(conv.state, controls=controls, continuation=continuation, health=known)
             turn.route, turn.reason = plan.route, plan.reason
-            self._apply(conv, plan, turn, health.status)
+            records = self._apply(conv, plan, turn, health.status)
             if plan.route == "local" and turn.memory is None:
                 turn.compact()  # a tool-loop continuation: same memory, no transition
-            self._save(conv)
+            if records:  # a state change is durable before the turn runs; counters wait for the turn record
+                self._commit(conv, records)
+            else:
+                turn.conversation = conv
         headers = self._trooper_headers(conv, turn)
         started = time.perf_counter()
         if plan.route == "local":
@@ -259,7 +263,8 @@ class Engine:
         }
         if turn.memory is not None:
             data["memory"] = turn.memory.layers
-        self.store.audit_append(turn.session, self.clock(), "turn", data)
+        conversation = conversation_to_dict(turn.conversation) if turn.conversation is not None else None
+        self.store.write(turn.session, self.clock(), conversation, [("turn", data)])
         self.metrics.requests.labels(turn.route, str(status)).inc()
         self.metrics.first_byte.labels(turn.route).observe(first_byte)
         self.metrics.duration.labels(turn.route).observe(duration)
@@ -282,42 +287,40 @@ class Engine:
             return "cloud"
         return "cloud"
 
-    def _apply(self, conv: Conversation, plan: Plan, turn: Turn, health: Health) -> None:
+    def _apply(self, conv: Conversation, plan: Plan, turn: Turn, health: Health) -> list[TransitionRecord]:
         now = self.clock()
-        if not plan.events and plan.route == "cloud" and plan.reason != "continuation":
+        if plan.reason != "continuation":
             conv.turns += 1
+        records = []
         for event in plan.events:
             record = fire(conv, event, reason=plan.reason, at=now, request_id=turn.request_id, health=health,
                           turn=turn)
             if record is not None:
-                self._record_transition(conv.id, record)
-        if plan.events:
-            conv.turns += 1
+                records.append(record)
         conv.turn_route, conv.turn_reason = plan.route, plan.reason
+        return records
 
     def _fallback(self, conv: Conversation, event: str, turn: Turn, reason: str) -> None:
-        now = self.clock()
-        record = fire(conv, event, reason=reason, at=now, request_id=turn.request_id, turn=turn)
-        if record is not None:
-            self._record_transition(conv.id, record)
+        record = fire(conv, event, reason=reason, at=self.clock(), request_id=turn.request_id, turn=turn)
         conv.turn_route, conv.turn_reason = "local", reason
         turn.route, turn.reason = "local", reason
         if turn.memory is None:
             turn.compact()
-        self._save(conv)
+        turn.conversation = None
+        self._commit(conv, [record] if record is not None else [])
 
-    def _record_transition(self, session: str, record: TransitionRecord) -> None:
-        self.store.audit_append(session, record.at, "transition", attrs.asdict(record))
-        self.metrics.transitions.labels(record.event).inc()
-        log.info("transition", session=session, trooper_event=record.event, source=record.source,
-                 dest=record.dest, reason=record.reason, request_id=record.request_id)
+    def _commit(self, conv: Conversation, records: Sequence[TransitionRecord]) -> None:
+        """The conversation and its new transitions, durably, in one transaction."""
+        self.store.write(conv.id, self.clock(), conversation_to_dict(conv),
+                         [("transition", attrs.asdict(record)) for record in records])
+        for record in records:
+            self.metrics.transitions.labels(record.event).inc()
+            log.info("transition", session=conv.id, trooper_event=record.event, source=record.source,
+                     dest=record.dest, reason=record.reason, request_id=record.request_id)
 
     def _load(self, session: str) -> Conversation:
         data = self.store.load_conversation(session)
         return conversation_from_dict(data) if data else Conversation(id=session)
-
-    def _save(self, conv: Conversation) -> None:
-        self.store.save_conversation(conv.id, conversation_to_dict(conv), self.clock())
 
     def _health_key(self, headers: Sequence[tuple[str, str]]) -> str:
         credential = ""
@@ -396,7 +399,10 @@ class Engine:
             if self.local is None:
                 return self._provider_error(exc, headers)
             async with self._locks.setdefault(conv.id, asyncio.Lock()):
-                conv = self._load(conv.id)
+                fresh = self._load(conv.id)
+                if turn.conversation is not None:  # this turn's counter was not saved yet
+                    fresh.turns = max(fresh.turns, turn.conversation.turns)
+                conv = fresh
                 self._fallback(conv, event, turn, reason)
             return await self._run_local(turn, self._trooper_headers(conv, turn), origin="fallback",
                                          cloud_error=exc)

@@ -18,9 +18,10 @@ reveals nothing new), which keeps the scan to the new part of each request.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 
 import attrs
@@ -29,8 +30,9 @@ import orjson
 from trooper.store.base import LedgerEntry, Origin, SessionStore
 from trooper.wire import JSON, TrooperError
 
-_WS: Final = re.compile(r"\s+")
 _WORD: Final = re.compile(r"\w+")
+_MASK: Final = (1 << 64) - 1
+_BASE: Final = 0x100000001B3
 WITHHELD_RESULT: Final = "[content withheld by Trooper: produced during a local turn]"
 REDACTED: Final = "[redacted by Trooper: this text matches content handled locally]"
 SYSTEM_REMINDER: Final = "<system-reminder>"
@@ -43,12 +45,19 @@ EgressAction = Literal["block", "redact", "warn"]
 
 def fold(text: str) -> str:
     """Whitespace- and case-folded text: what a re-formatting client cannot change."""
-    return _WS.sub(" ", text).strip().casefold()
+    return " ".join(text.split()).casefold()
 
 
 def _digest(tag: str, canonical: str | bytes) -> str:
     data = canonical.encode("utf-8", "surrogatepass") if isinstance(canonical, str) else canonical
     return tag + hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_digest(tag: str, text: str) -> str:
+    """Digest of folded text, memoised: clients re-send the same history on every request, so most
+    blocks of a request were fingerprinted on the previous one (a string's hash is cached on it)."""
+    return _digest(tag, fold(text))
 
 
 def block_text(block: Any) -> str:
@@ -79,18 +88,18 @@ def block_text(block: Any) -> str:
 def block_fingerprint(block: Any) -> str:
     """A stable hash of a block's normalised content (``cache_control`` and whitespace ignored)."""
     if isinstance(block, str):
-        return _digest("t", fold(block))
+        return _text_digest("t", block)
     if not isinstance(block, Mapping):
         return _digest("o", orjson.dumps(block, option=orjson.OPT_SORT_KEYS))
     kind = block.get("type")
     if kind == "text":
-        return _digest("t", fold(str(block.get("text", ""))))
+        return _text_digest("t", str(block.get("text", "")))
     if kind == "thinking":
-        return _digest("k", fold(str(block.get("thinking", ""))))
+        return _text_digest("k", str(block.get("thinking", "")))
     if kind == "tool_use":
-        return _digest("u", f"{block.get('name')}\x00{fold(block_text(block))}")
+        return _text_digest("u", f"{block.get('name')}\x00{block_text(block)}")
     if kind == "tool_result":
-        return _digest("r", fold(block_text(block)))
+        return _text_digest("r", block_text(block))
     if kind in {"image", "document"}:
         source = block.get("source")
         payload = source if isinstance(source, Mapping) else {}
@@ -115,23 +124,35 @@ def content_blocks(message: Mapping[str, Any]) -> list[Any]:
     return []
 
 
-def shingles(text: str, size: int) -> Iterator[int]:
+def shingles(text: str, size: int) -> list[int]:
     """64-bit hashes of every run of ``size`` consecutive words (case folded).
 
-    Texts shorter than ``size`` words yield one shingle of the whole text when it has at least
-    half that many words, so a short but distinctive local answer is still guarded.
+    A rolling polynomial hash over per-word hashes: one multiply-add per word instead of hashing
+    every window, which keeps the first scan of a 200 KB history in single milliseconds. Texts
+    shorter than ``size`` words give one shingle of the whole text when they have at least half
+    that many words, so a short but distinctive local answer is still guarded.
     """
     words = _WORD.findall(text.casefold())
-    if len(words) < size:
-        if len(words) >= max(4, size // 2):
-            yield _shingle_hash(words)
-        return
-    for start in range(len(words) - size + 1):
-        yield _shingle_hash(words[start : start + size])
+    count = len(words)
+    if count < size:
+        if count < max(4, size // 2):
+            return []
+        size = count
+    hashes = [_word_hash(word) for word in words]
+    power = pow(_BASE, size - 1, 1 << 64)
+    value = 0
+    for word in hashes[:size]:
+        value = (value * _BASE + word) & _MASK
+    out = [value]
+    for position in range(size, count):
+        value = ((value - hashes[position - size] * power) * _BASE + hashes[position]) & _MASK
+        out.append(value)
+    return out
 
 
-def _shingle_hash(words: Sequence[str]) -> int:
-    return int.from_bytes(hashlib.blake2b(" ".join(words).encode(), digest_size=8).digest(), "big")
+@functools.lru_cache(maxsize=1 << 16)
+def _word_hash(word: str) -> int:
+    return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "big")
 
 
 # ------------------------------------------------------------------------------------ turns
@@ -431,7 +452,7 @@ def _guard(
         if not index.shingles:
             continue
         text = block_text(block)
-        matched = sum(1 for value in shingles(text, shingle_words) if value in index.shingles) if text else 0
+        matched = len(index.shingles.intersection(shingles(text, shingle_words))) if text else 0
         if matched:
             hits.append(GuardHit(path, matched))
     return fresh, hits

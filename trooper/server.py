@@ -42,7 +42,7 @@ class TrooperApp:
     def __init__(self, config: Config, engine: Engine | None = None) -> None:
         self.config = config
         self.engine = engine
-        self._owns_engine = engine is None
+        self.owns_engine = engine is None
         self.max_body = config.server.max_body_bytes
         self.admin_app = Starlette(routes=[
             Route("/", self.root, methods=["GET", "HEAD"]),
@@ -75,7 +75,7 @@ class TrooperApp:
                     self._pruner.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await self._pruner
-                if self.engine is not None and self._owns_engine:
+                if self.engine is not None and self.owns_engine:
                     await self.engine.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -252,9 +252,16 @@ async def _send_reply(send: Send, reply: Outgoing) -> None:
                 await stream.aclose()
 
 
-def create_app(config: Config | None = None, engine: Engine | None = None) -> TrooperApp:
-    """The ASGI app; pass ``engine`` to serve an engine you built (tests, embedders)."""
-    return TrooperApp(config or (engine.config if engine is not None else Config()), engine)
+def create_app(config: Config | None = None, engine: Engine | None = None, *,
+               owns_engine: bool = False) -> TrooperApp:
+    """The ASGI app; pass ``engine`` to serve an engine you built (tests, embedders).
+
+    An engine passed in is closed at shutdown only with ``owns_engine=True``; one the app builds
+    itself from ``config`` always is.
+    """
+    app = TrooperApp(config or (engine.config if engine is not None else Config()), engine)
+    app.owns_engine = owns_engine or engine is None
+    return app
 
 
 __all__ = ["TrooperApp", "create_app"]

@@ -49,6 +49,13 @@ class MemoryStore:
         with self._lock:
             self._audit.setdefault(session, []).append({"at": at, "kind": kind, **data})
 
+    def write(self, session: str, at: float, conversation: dict[str, Any] | None,
+              audit: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        with self._lock:
+            if conversation is not None:
+                self._conversations[session] = (dict(conversation), at)
+            self._audit.setdefault(session, []).extend({"at": at, "kind": kind, **data} for kind, data in audit)
+
     def audit(self, session: str) -> list[dict[str, Any]]:
         with self._lock:
             return list(self._audit.get(session, []))

@@ -103,6 +103,25 @@ class SQLiteStore:
                 (session, at, kind, orjson.dumps(data)),
             )
 
+    def write(self, session: str, at: float, conversation: dict[str, Any] | None,
+              audit: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        blob = orjson.dumps(conversation) if conversation is not None else None
+        rows = [(session, data.get("at", at), kind, orjson.dumps(data)) for kind, data in audit]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if blob is not None:
+                    self._db.execute(
+                        "INSERT INTO conversations(id, data, updated) VALUES (?, ?, ?) "
+                        "ON CONFLICT(id) DO UPDATE SET data = excluded.data, updated = excluded.updated",
+                        (session, blob, at),
+                    )
+                self._db.executemany("INSERT INTO audit(session, at, kind, data) VALUES (?, ?, ?, ?)", rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def audit(self, session: str) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
