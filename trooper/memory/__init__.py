@@ -1,1 +1,79 @@
-"""Three-layer memory for local turns: Anchor, SITREP, Tail."""
+"""Three-layer memory for local turns: Anchor, SITREP, Tail.
+
+A local model does not get the raw history: it gets the first two turns verbatim (Anchor), a compressed
+abstraction of the middle turns (SITREP) and the newest turns that fit (Tail), sized to its context
+window. :func:`compact` builds that request — purely, synchronously, deterministically — and reports
+every layer's tokens; an :class:`ExtractCache` shared across requests makes it incremental. See DESIGN §7.
+
+One module per concept: :mod:`.tokens` (estimation), :mod:`.turns` (segmentation, fingerprints),
+:mod:`.extract` (per-turn SITREP candidates), :mod:`.sitrep` (ranking, packing, rendering),
+:mod:`.anchor`, :mod:`.tail`, :mod:`.truncate` (markers), :mod:`.state` and :mod:`.cache`
+(incremental work), :mod:`.compaction` (the budget policy and :func:`compact`), :mod:`.summariser`
+(the optional model-written SITREP).
+
+Everything returned here is derived from every turn, local ones included: it is local content and must
+never be sent to a cloud provider (DESIGN §6).
+"""
+
+from trooper.memory.anchor import ANCHOR_TURNS
+from trooper.memory.cache import CacheStats, ExtractCache
+from trooper.memory.compaction import (
+    DEFAULT_CONTEXT_TOKENS,
+    Budget,
+    BudgetTooSmall,
+    Compaction,
+    compact,
+    context_from_show,
+    resolve_context,
+)
+from trooper.memory.extract import Section, extract_turn
+from trooper.memory.sitrep import Sitrep, SitrepEntry
+from trooper.memory.state import turn_tokens
+from trooper.memory.summariser import AsyncSummariser, ModelSummary, SitrepWriter, Summariser, SummaryRequest
+from trooper.memory.tokens import (
+    CalibratedEstimator,
+    CallableEstimator,
+    ContentKind,
+    TextEstimator,
+    TokenEstimator,
+    classify,
+)
+from trooper.memory.truncate import MARKER_PREFIX, marker, truncate_text
+from trooper.memory.turns import Turn, is_prompt, message_text, segment, turn_fingerprint
+
+__all__ = [
+    "ANCHOR_TURNS",
+    "DEFAULT_CONTEXT_TOKENS",
+    "MARKER_PREFIX",
+    "AsyncSummariser",
+    "Budget",
+    "BudgetTooSmall",
+    "CacheStats",
+    "CalibratedEstimator",
+    "CallableEstimator",
+    "Compaction",
+    "ContentKind",
+    "ExtractCache",
+    "ModelSummary",
+    "Section",
+    "Sitrep",
+    "SitrepEntry",
+    "SitrepWriter",
+    "Summariser",
+    "SummaryRequest",
+    "TextEstimator",
+    "TokenEstimator",
+    "Turn",
+    "classify",
+    "compact",
+    "context_from_show",
+    "extract_turn",
+    "is_prompt",
+    "marker",
+    "message_text",
+    "resolve_context",
+    "segment",
+    "truncate_text",
+    "turn_fingerprint",
+    "turn_tokens",
+]

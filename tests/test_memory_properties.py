@@ -1,0 +1,244 @@
+"""Hypothesis properties of compaction: for any conversation and any budget.
+
+- the local request fits the usable budget (by the estimator), or :class:`BudgetTooSmall` is raised —
+  and then only because the Anchor and the current turn cannot fit even truncated;
+- the Anchor turns and the current prompt are present, verbatim or visibly truncated (marker);
+- ``tool_use``/``tool_result`` pairs are intact;
+- the result is deterministic, and the cache never changes it (cold == warm, any history order).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, given, settings
+
+from trooper.memory import (
+    MARKER_PREFIX,
+    Budget,
+    BudgetTooSmall,
+    CalibratedEstimator,
+    ExtractCache,
+    compact,
+    is_prompt,
+    message_text,
+    segment,
+    truncate_text,
+)
+from trooper.memory.sitrep import ACK_TEXT
+
+Message = dict[str, Any]
+EST = CalibratedEstimator()
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+SAMPLE = (
+    "deploy the service never push main always test database replica latency budget decided use Redis "
+    "instead Kafka ticket OPS-1234 host db-1.acme.internal v1.2.3 2025-03-14 420 ms Maria Delgado TODO "
+    "https://acme.io/runbook src/app/main.py $1,200 we'll let's must"
+)
+WORDS = SAMPLE.split()
+
+prose = st.lists(st.sampled_from(WORDS), min_size=1, max_size=40).map(lambda w: " ".join(w) + ".")
+code = st.builds(
+    lambda name, n: f"```python\ndef {name}(x):\n    return x * {n}  # [{n}]\n```",
+    st.sampled_from(["handler", "apply_discount", "sync_now"]),
+    st.integers(0, 10_000),
+)
+json_text = st.dictionaries(st.sampled_from(["id", "name", "items", "ok"]), st.integers() | st.text(max_size=20)).map(
+    str
+)
+unicode = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=200)
+any_text = st.one_of(prose, code, json_text, unicode, prose.map(lambda t: t * 30))
+
+
+@st.composite
+def prompt(draw: st.DrawFn) -> Message:
+    text = draw(any_text)
+    if draw(st.booleans()):
+        return {"role": "user", "content": text}
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+    if draw(st.integers(0, 9)) == 0:
+        content.append({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}})
+    if draw(st.booleans()):
+        content[-1] = {**content[-1], "cache_control": {"type": "ephemeral"}}
+    return {"role": "user", "content": content}
+
+
+@st.composite
+def conversation(draw: st.DrawFn) -> list[Message]:
+    """A valid history: turns of prompt, tool loops (with thinking, errors) and answers."""
+    n_turns = draw(st.integers(1, 9))
+    msgs: list[Message] = []
+    tool_id = 0
+    for t in range(n_turns):
+        last = t == n_turns - 1
+        msgs.append(draw(prompt()))
+        for _ in range(draw(st.integers(0, 3))):
+            blocks: list[dict[str, Any]] = []
+            if draw(st.booleans()):
+                blocks.append({"type": "thinking", "thinking": draw(prose), "signature": "sig" * 10})
+            if draw(st.booleans()):
+                blocks.append({"type": "text", "text": draw(any_text)})
+            ids = []
+            for _ in range(draw(st.integers(1, 3))):
+                tool_id += 1
+                ids.append(f"toolu_{tool_id:06d}")
+                blocks.append({"type": "tool_use", "id": ids[-1], "name": "Bash", "input": {"command": draw(any_text)}})
+            msgs.append({"role": "assistant", "content": blocks})
+            results: list[dict[str, Any]] = []
+            for tid in ids:
+                result: dict[str, Any] = {"type": "tool_result", "tool_use_id": tid, "content": draw(any_text)}
+                if draw(st.integers(0, 4)) == 0:
+                    result["is_error"] = True
+                results.append(result)
+            if draw(st.integers(0, 5)) == 0:
+                results.append({"type": "text", "text": "(user interrupted) " + draw(prose)})
+            msgs.append({"role": "user", "content": results})
+        if not last and (msgs[-1]["role"] == "user" or draw(st.booleans())):
+            answer: Any = draw(any_text)
+            if draw(st.booleans()):
+                thinking = {"type": "thinking", "thinking": draw(prose), "signature": "s"}
+                answer = [thinking, {"type": "text", "text": answer}]
+            msgs.append({"role": "assistant", "content": answer})
+    return msgs
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple[list[Message], Budget]:
+    """A conversation and a budget: mostly a fraction of its size (so every policy branch is hit),
+    sometimes any small absolute window."""
+    msgs = draw(conversation())
+    reserved = draw(st.integers(0, 800))
+    if draw(st.integers(0, 4)) == 0:
+        context = draw(st.integers(0, 3000))
+    else:
+        total = sum(EST.count_message(m) for m in msgs)
+        context = int(total * draw(st.floats(0.05, 1.2))) + reserved + draw(st.integers(0, 400))
+    budget = Budget(
+        context_tokens=context,
+        reserved_output=reserved,
+        anchor_share=draw(st.sampled_from([0.0, 0.1, 0.25, 0.5])),
+        sitrep_share=draw(st.sampled_from([0.0, 0.1, 0.2, 0.4])),
+    )
+    return msgs, budget
+
+
+systems = st.one_of(st.none(), prose, st.just([{"type": "text", "text": "You are careful."}]))
+tools = st.one_of(st.none(), st.just([{"name": "Bash", "input_schema": {"type": "object"}}]))
+
+
+def _minimum(msgs: list[Message]) -> int:
+    """Generous bound on what the Anchor and current turn need in their smallest truncated forms."""
+    turns = segment(msgs)
+    keep = [*turns[: min(2, len(turns) - 1)], turns[-1]]
+    per_message = 40  # framing, ids and a marker
+    newest = 0
+    last = turns[-1]
+    if len(last.messages) > 1:
+        # The current turn keeps its newest exchange (the model answers those tool results).
+        tail = last.messages[-2:]
+        newest = sum(EST.count_message(m) for m in tail if m["role"] == "assistant") // 8 + 200
+        newest += 60 * sum(len(m["content"]) for m in tail if isinstance(m["content"], list))
+    return per_message * 3 * len(keep) + newest
+
+
+def _pairs_intact(messages: list[Message]) -> None:
+    for i, m in enumerate(messages):
+        content = m["content"] if isinstance(m["content"], list) else []
+        if m["role"] == "assistant":
+            uses = {b["id"] for b in content if b.get("type") == "tool_use"}
+            if uses:
+                assert i + 1 < len(messages), "a tool_use must be answered"
+                nxt = messages[i + 1]["content"]
+                got = {b["tool_use_id"] for b in nxt if isinstance(nxt, list) and b.get("type") == "tool_result"}
+                assert got == uses
+        else:
+            results = {b["tool_use_id"] for b in content if b.get("type") == "tool_result"}
+            if results:
+                prev = messages[i - 1]["content"] if i else []
+                ids = {b["id"] for b in prev if isinstance(prev, list) and b.get("type") == "tool_use"}
+                assert results <= ids
+
+
+def _present(original: Message, candidates: list[Message]) -> bool:
+    """``original`` is there verbatim, or a user message stands for it with a truncation marker."""
+    return original in candidates or any(m["role"] == "user" and MARKER_PREFIX in message_text(m) for m in candidates)
+
+
+@SETTINGS
+@given(cases(), systems, tools)
+def test_fits_keeps_anchor_and_prompt_and_pairs(
+    case: tuple[list[Message], Budget], system: Any, tool_defs: Any
+) -> None:
+    msgs, budget = case
+    usable = budget.usable(EST.count_system(system), EST.count_tools(tool_defs))
+    try:
+        result = compact(msgs, budget=budget, system=system, tools=tool_defs, estimator=EST)
+    except BudgetTooSmall:
+        assert usable < _minimum(msgs)
+        return
+    out = result.messages
+    # Fits, and the accounting is exact.
+    total = sum(EST.count_message(m) for m in out) + EST.count_system(system) + EST.count_tools(tool_defs)
+    assert total == result.layers["total"] <= budget.context_tokens - budget.reserved_output
+    assert result.num_ctx == budget.context_tokens
+    # Valid messages.
+    assert all(m["role"] in ("user", "assistant") and m["content"] for m in out)
+    _pairs_intact(out)
+    turns = segment(msgs)
+    if not result.compacted:
+        assert out == msgs
+        return
+    # Anchor turns and the current prompt are present (verbatim or visibly truncated).
+    anchor_prompts = [t.messages[0] for t in turns[: min(2, len(turns) - 1)] if t.has_prompt]
+    current = turns[-1]
+    prompts_out = [m for m in out if is_prompt(m) and ACK_TEXT not in message_text(m)]
+    for p in anchor_prompts:
+        assert _present(p, prompts_out)
+    if current.has_prompt:
+        last_prompt = [m for m in out if is_prompt(m)][-1]
+        assert last_prompt == current.messages[0] or MARKER_PREFIX in message_text(last_prompt)
+    # Without truncation, the Anchor is a verbatim prefix and the current turn a verbatim suffix.
+    if not result.truncated:
+        n_anchor = sum(len(t.messages) for t in turns[: min(2, len(turns) - 1)])
+        assert out[:n_anchor] == msgs[:n_anchor]
+        assert out[len(out) - len(current.messages) :] == list(current.messages)
+    # The layers account for every turn exactly once.
+    src = result.sources
+    covered = sorted(src["anchor"] + src["sitrep"] + src["tail"] + src["dropped"])
+    assert covered == list(range(1, len(turns) + 1))
+    if result.sitrep is not None:
+        assert all(set(e.turns) <= set(src["sitrep"]) for e in result.sitrep.entries)
+
+
+@SETTINGS
+@given(cases(), st.lists(st.integers(0, 12), max_size=4))
+def test_deterministic_and_cache_invisible(case: tuple[list[Message], Budget], cuts: list[int]) -> None:
+    """Any sequence of requests through one cache (growing, shrinking, regenerated) equals cold runs."""
+    msgs, budget = case
+
+    def run(history: list[Message], cache: ExtractCache | None) -> Any:
+        try:
+            return compact(history, budget=budget, estimator=EST, cache=cache)
+        except BudgetTooSmall as exc:
+            return ("too small", exc.usable, exc.needed)
+
+    cold = run(msgs, None)
+    assert run(msgs, None) == cold
+    cache = ExtractCache()
+    for cut in cuts:
+        history = msgs[: max(1, len(msgs) - cut)]
+        assert run(history, cache) == run(history, None)
+    assert run(msgs, cache) == cold
+    assert run(msgs, cache) == cold
+
+
+@SETTINGS
+@given(any_text, st.integers(0, 400))
+def test_truncate_text_fits_or_cannot_save(text: str, limit: int) -> None:
+    out = truncate_text(text, limit, EST)
+    if out != text:
+        assert MARKER_PREFIX in out
+        assert EST.count(out) <= limit or out.startswith(MARKER_PREFIX)
+        assert EST.count(out) < EST.count(text)

@@ -1,0 +1,226 @@
+"""Optional model-written SITREP: old SITREP + newly evicted turns → new SITREP, off the hot path.
+
+The default SITREP is extractive and needs no model. This module adds the recursive-summary option
+(as MemGPT/Letta and LangChain's summary buffer do) without putting a model call inside compaction:
+
+1. after a local turn is answered, the engine calls :meth:`SitrepWriter.plan` (cheap: it runs the same
+   compaction, with the shared cache, to learn which turns the SITREP covers now);
+2. it runs the returned :class:`SummaryRequest` through the injected summariser — sync
+   (:meth:`SitrepWriter.run`) or async (:meth:`SitrepWriter.arun`), in the background;
+3. the result is stored in the :class:`~trooper.memory.cache.ExtractCache` under the fingerprints of the
+   turns it covers, and the next :func:`~trooper.memory.compaction.compact` uses it when it still
+   matches the history, adding extractive entries for turns evicted since. Until then, and whenever it
+   does not fit, compaction stays extractive, so the request path never waits for a model.
+
+Privacy: the summariser must be a *local* model — its input is the conversation, local turns included,
+and its output is local content (DESIGN §6).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final
+
+import attrs
+
+from trooper.memory.cache import ExtractCache
+from trooper.memory.compaction import Budget, compact
+from trooper.memory.tokens import CalibratedEstimator, TokenEstimator
+from trooper.memory.truncate import truncate_text
+from trooper.memory.turns import Turn, blocks, json_text, segment
+
+__all__ = [
+    "DEFAULT_INSTRUCTIONS",
+    "AsyncSummariser",
+    "ModelSummary",
+    "SitrepWriter",
+    "Summariser",
+    "SummaryRequest",
+    "render_turns",
+]
+
+DEFAULT_INSTRUCTIONS: Final = (
+    "You maintain the SITREP of a long conversation between a user and an assistant: a compact record "
+    "that replaces turns no longer shown. Update the previous SITREP (if any) with the new turns below. "
+    "Use exactly these sections: Goals and constraints (the user's instructions, near-verbatim), "
+    "Decisions, Facts (identifiers, paths, URLs, numbers with units, names, dates, versions — copy them "
+    "exactly), Tool actions (tool, key argument → outcome; flag errors), Open items. Tag every entry with "
+    "its source turns like [t12]. Drop what later turns superseded. Write at most {max_tokens} tokens. "
+    "Output only the SITREP."
+)
+#: Longest text kept from one block when rendering turns for the summariser.
+_BLOCK_CHARS: Final = 4000
+
+
+@attrs.frozen
+class SummaryRequest:
+    """What the summariser is asked: fold ``turns`` into ``previous``, covering ``first``–``last``."""
+
+    previous: str | None
+    first: int
+    last: int
+    turns: tuple[Turn, ...]
+    #: ``turns`` rendered as text, each turn headed ``[tN]``.
+    transcript: str
+    #: Target length of the new SITREP.
+    max_tokens: int
+    #: Fingerprints of turns ``1..last``: the storage key of the result.
+    key: tuple[bytes, ...]
+
+    def prompt(self, instructions: str = DEFAULT_INSTRUCTIONS) -> str:
+        """A ready-to-send prompt for a chat model."""
+        parts = [instructions.format(max_tokens=self.max_tokens)]
+        if self.previous:
+            parts.append(f"Previous SITREP (turns {self.first}–{self.turns[0].number - 1}):\n{self.previous}")
+        parts.append(f"New turns:\n{self.transcript}")
+        return "\n\n".join(parts)
+
+
+@attrs.frozen
+class ModelSummary:
+    """A stored model-written SITREP of turns ``first``–``last``."""
+
+    text: str
+    first: int
+    last: int
+
+
+Summariser = Callable[[SummaryRequest], str]
+AsyncSummariser = Callable[[SummaryRequest], Awaitable[str]]
+
+
+def render_turns(turns: Sequence[Turn]) -> str:
+    """Turns as plain text for a summariser, long blocks clipped."""
+    out: list[str] = []
+    for turn in turns:
+        out.append(f"[t{turn.number}]")
+        for message in turn.messages:
+            role = str(message.get("role", "?"))
+            for block in blocks(message.get("content")):
+                out.append(f"{role}: {_block_text(block)}")
+    return "\n".join(out)
+
+
+def _block_text(block: Mapping[str, Any]) -> str:
+    kind = block.get("type")
+    if kind == "text":
+        text = str(block.get("text", ""))
+    elif kind == "tool_use":
+        text = f"(tool call {block.get('name')}) {json_text(block.get('input', {}))}"
+    elif kind == "tool_result":
+        inner = block.get("content", "")
+        body = inner if isinstance(inner, str) else " ".join(str(b.get("text", "")) for b in blocks(inner))
+        text = f"(tool result{' ERROR' if block.get('is_error') else ''}) {body}"
+    else:
+        text = f"({kind})"
+    return text if len(text) <= _BLOCK_CHARS else text[:_BLOCK_CHARS] + " …"
+
+
+class SitrepWriter:
+    """Keeps a model-written SITREP current for a conversation, outside the request path.
+
+    ``summariser`` is any callable taking a :class:`SummaryRequest` and returning the new SITREP text
+    (or an awaitable of it). ``max_chunk_tokens`` bounds one call's transcript: a long backlog is folded
+    in over several calls, each extending the previous summary.
+    """
+
+    def __init__(
+        self,
+        summariser: Summariser | AsyncSummariser,
+        *,
+        cache: ExtractCache,
+        estimator: TokenEstimator | None = None,
+        max_chunk_tokens: int = 6000,
+    ) -> None:
+        self._summariser = summariser
+        self._cache = cache
+        self._estimator: TokenEstimator = estimator if estimator is not None else CalibratedEstimator()
+        self._max_chunk = max_chunk_tokens
+
+    def plan(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        budget: Budget,
+        system: str | list[Any] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> SummaryRequest | None:
+        """The next summarisation step for this history, or ``None`` when the stored one is current."""
+        result = compact(
+            messages, budget=budget, system=system, tools=tools, estimator=self._estimator, cache=self._cache
+        )
+        span = result.sources["sitrep"] or result.sources["dropped"]
+        if not span:
+            return None
+        first, last = span[0], span[-1]
+        turns = segment(messages)
+        fps = tuple(t.fingerprint for t in turns)
+        previous: ModelSummary | None = None
+        for key, value in self._cache.summaries(fps[0]):
+            if (
+                isinstance(value, ModelSummary)
+                and value.first == first
+                and key == fps[: len(key)]
+                and (previous is None or value.last > previous.last)
+            ):
+                previous = value
+        if previous is not None and previous.last >= last:
+            return None  # current (it may reach into the Tail: compaction accepts that)
+        start = previous.last + 1 if previous is not None else first
+        chunk: list[Turn] = []
+        used = 0
+        for turn in turns[start - 1 : last]:
+            cost = self._estimator.count(render_turns([turn]))
+            if chunk and used + cost > self._max_chunk:
+                break
+            chunk.append(turn)
+            used += cost
+        end = chunk[-1].number
+        target = max(64, int(budget.sitrep_share * result.usable))
+        return SummaryRequest(
+            previous=previous.text if previous is not None else None,
+            first=first,
+            last=end,
+            turns=tuple(chunk),
+            transcript=render_turns(chunk),
+            max_tokens=target,
+            key=fps[:end],
+        )
+
+    def _store(self, request: SummaryRequest, text: Any) -> ModelSummary:
+        if not isinstance(text, str):
+            raise TypeError(f"a summariser must return str, got {type(text).__name__}")
+        text = truncate_text(text.strip(), request.max_tokens, self._estimator)
+        summary = ModelSummary(text, request.first, request.last)
+        self._cache.put_summary(request.key, summary)
+        return summary
+
+    def run(self, request: SummaryRequest) -> ModelSummary:
+        """Run a synchronous summariser and store its result."""
+        out = self._summariser(request)
+        if inspect.isawaitable(out):
+            close = getattr(out, "close", None)
+            if callable(close):
+                close()  # do not leave a never-awaited coroutine behind
+            raise TypeError("the summariser is asynchronous: use arun()/arefresh()")
+        return self._store(request, out)
+
+    async def arun(self, request: SummaryRequest) -> ModelSummary:
+        """Run a summariser (sync or async) and store its result."""
+        out = self._summariser(request)
+        if inspect.isawaitable(out):
+            out = await out
+        return self._store(request, out)
+
+    def refresh(self, messages: Sequence[Mapping[str, Any]], *, budget: Budget, **kw: Any) -> ModelSummary | None:
+        """:meth:`plan` then :meth:`run`; ``None`` when nothing was due."""
+        request = self.plan(messages, budget=budget, **kw)
+        return self.run(request) if request is not None else None
+
+    async def arefresh(
+        self, messages: Sequence[Mapping[str, Any]], *, budget: Budget, **kw: Any
+    ) -> ModelSummary | None:
+        """:meth:`plan` then :meth:`arun`; ``None`` when nothing was due."""
+        request = self.plan(messages, budget=budget, **kw)
+        return await self.arun(request) if request is not None else None
