@@ -19,6 +19,7 @@ import structlog
 
 from trooper.config import Config
 from trooper.context import Memory, MemoryResult
+from trooper.memory import BudgetTooSmall
 from trooper.conversation import (
     Conversation,
     Health,
@@ -110,13 +111,21 @@ class Turn:
     provider: str = ""
     model: str = ""
     conversation: Conversation | None = None  # to save with the turn record (no state change to hurry)
+    memory_error: str | None = None
     withheld_blocks: int = 0
     withheld_turns: int = 0
     guard_hits: int = 0
 
     def compact(self) -> None:
-        """Called synchronously by the state machine when a turn starts running locally."""
-        self.memory = self.memory_fn(self)
+        """Called synchronously by the state machine when a turn starts running locally.
+
+        A history that cannot fit the local model even truncated is remembered, not raised: the
+        machine has already moved (it has no rollback), and the engine answers with a clear error.
+        """
+        try:
+            self.memory = self.memory_fn(self)
+        except BudgetTooSmall as exc:
+            self.memory_error = str(exc)
 
 
 def _error(exc: TrooperError, extra: Sequence[tuple[str, str]] = ()) -> Outgoing:
@@ -481,7 +490,9 @@ class Engine:
         self.ledger.record_local(prompt_blocks, session=turn.session, origin=origin,
                                  shareable=self.config.locality.share_fallback_after_recovery, marker=marker)
         memory = turn.memory
-        assert memory is not None
+        if memory is None:
+            return self._local_failed(turn, headers, cloud_error, BadRequest(
+                f"the conversation does not fit the local model's context: {turn.memory_error}"))
         local_body = {k: v for k, v in turn.body.items() if k not in TROOPER_FIELDS}
         local_body["messages"] = memory.messages
         if memory.max_tokens is not None:
@@ -550,8 +561,9 @@ class Engine:
                                  "error": type(failure).__name__})
         if cloud_error is not None:  # a fallback turn: the client sees what the cloud said
             return self._provider_error(cloud_error, headers)
-        error_type = "not_found_error" if failure.error_type == "not_found_error" else "api_error"
-        status = 404 if error_type == "not_found_error" else 503
+        error_type = failure.error_type if failure.error_type in ("not_found_error", "invalid_request_error") \
+            else "api_error"
+        status = {"not_found_error": 404, "invalid_request_error": 400}.get(error_type, 503)
         message = f"this turn must run locally and the local provider could not answer: {failure.message}"
         return _error(TrooperError(error_type, message, status=status), [*headers, ("x-should-retry", "false")])
 
