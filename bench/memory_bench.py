@@ -1,7 +1,8 @@
 """Memory benchmark: how many planted facts survive compaction, and what compaction costs.
 
-Run: ``.venv/bin/python bench/memory_bench.py`` (seeded, no network, well under a minute). Exit status 0
-when every target is met.
+Run: ``.venv/bin/python bench/memory_bench.py`` (seeded, no network, well under a minute). The exit
+status is 0 when the survival targets are met; the timing target is printed as met or not but does not
+fail the run (wall-clock figures on a shared machine vary too much to gate on).
 
 A seeded generator writes long multi-topic conversations — chat, code, tool loops — and plants facts
 (identifiers, URLs, numbers with units, names, dates, versions, tickets, emails, hashes, paths,

@@ -19,7 +19,6 @@ import structlog
 
 from trooper.config import Config
 from trooper.context import Memory, MemoryResult
-from trooper.memory import BudgetTooSmall
 from trooper.conversation import (
     Conversation,
     Health,
@@ -41,6 +40,7 @@ from trooper.ledger import (
     id_fingerprint,
     strip_marker,
 )
+from trooper.memory import BudgetTooSmall
 from trooper.metrics import Metrics
 from trooper.providers.anthropic import HOP_BY_HOP
 from trooper.providers.base import (

@@ -32,6 +32,7 @@ __all__ = [
     "CallableEstimator",
     "ContentKind",
     "TextEstimator",
+    "TextStats",
     "TokenEstimator",
     "classify",
 ]
@@ -61,17 +62,18 @@ _JSON_CHARS: Final = b'":,'
 _CODE_CHARS: Final = b"{}()[];=<>_|\\"
 
 
-class _Stats:
+class TextStats:
     """Character counts of a text, from its UTF-8 bytes.
 
     ``bytes.translate`` deleting a set of bytes runs at memory speed, several times faster than one
-    ``str.count`` per character, and the counts are order-independent (so a SITREP measures the same
-    whatever the order of its lines).
+    ``str.count`` per character. The counts are order-independent and add up: the stats of a text
+    built line by line are the sum of the lines' stats (the leading character is the first text's).
+    That is what lets the SITREP packer know the exact count of the whole before rendering it.
     """
 
     __slots__ = ("code", "colons", "digits", "head", "json", "n", "non_ascii", "quotes")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str = "") -> None:
         data = text.encode("utf-8", "surrogatepass")
         size = len(data)
         self.n = len(text)
@@ -82,6 +84,18 @@ class _Stats:
         self.quotes = data.count(b'"')
         self.colons = data.count(b":")
         self.code = size - len(data.translate(None, _CODE_CHARS))
+
+    def __add__(self, other: TextStats) -> TextStats:
+        out = TextStats()
+        out.head = self.head or other.head
+        out.n = self.n + other.n
+        out.digits = self.digits + other.digits
+        out.non_ascii = self.non_ascii + other.non_ascii
+        out.json = self.json + other.json
+        out.quotes = self.quotes + other.quotes
+        out.colons = self.colons + other.colons
+        out.code = self.code + other.code
+        return out
 
     def kind(self) -> ContentKind:
         n = self.n
@@ -101,7 +115,7 @@ def classify(text: str) -> ContentKind:
     token), so its density predicts chars-per-token better than any syntax check, and counting it is a
     few passes at memory speed.
     """
-    return _Stats(text).kind()
+    return TextStats(text).kind()
 
 
 @runtime_checkable
@@ -358,10 +372,16 @@ class CalibratedEstimator(TextEstimator):
     def _raw_segment(self, text: str, kind: ContentKind | None) -> float:
         if not text:
             return 0.0
-        stats = _Stats(text)
+        return self._raw_stats(TextStats(text), kind)
+
+    def _raw_stats(self, stats: TextStats, kind: ContentKind | None = None) -> float:
         ratio = self._ratio[kind if kind is not None else stats.kind()]
         plain = stats.n - stats.digits - stats.non_ascii
         return plain / ratio + stats.digits * self._digit + stats.non_ascii * self._non_ascii
+
+    def count_stats(self, stats: TextStats) -> int:
+        """``count`` of a text known by its stats; equal to ``count(text)`` when it has no code fence."""
+        return math.ceil(self._raw_stats(stats) * self._factor) if stats.n else 0
 
     def count(self, text: str) -> int:
         if not text:
