@@ -49,6 +49,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from trooper.testing._recording import RecordedRequest
 from trooper.testing._runner import LoopbackServer
 from trooper.wire import (
     ERROR_STATUS,
@@ -160,33 +161,6 @@ def _header_pairs(value: Mapping[str, str] | Iterable[tuple[str, str]] | None) -
 
 
 # ------------------------------------------------------------------------------------------ recording
-
-
-@attrs.frozen
-class RecordedRequest:
-    """One request exactly as the fake received it (header names lowercased by the HTTP parser)."""
-
-    method: str
-    path: str
-    query: str
-    headers: Headers
-    body: bytes
-
-    def json(self) -> Any:
-        """The body parsed as JSON (raises if it is not JSON)."""
-        return orjson.loads(self.body)
-
-    def header(self, name: str) -> str | None:
-        """The first value of header ``name`` (case-insensitive), or ``None``."""
-        wanted = name.lower()
-        return next((value for key, value in self.headers if key.lower() == wanted), None)
-
-    def raw(self) -> bytes:
-        """Path, query, header values and body as bytes: everything a leak could hide in."""
-        parts = [self.path.encode(), self.query.encode("latin-1")]
-        parts += [value.encode("latin-1") for _, value in self.headers]
-        parts.append(self.body)
-        return b"\n".join(parts)
 
 
 # -------------------------------------------------------------------------------------------- scripts

@@ -47,6 +47,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from trooper.testing._recording import RecordedRequest
 from trooper.testing._runner import LoopbackServer
 
 __all__ = [
@@ -89,35 +90,6 @@ def unused_port_url() -> str:
 
 
 # ------------------------------------------------------------------------------------------ values
-
-
-@attrs.frozen
-class RecordedRequest:
-    """One request exactly as the fake received it (headers in arrival order, body bytes untouched)."""
-
-    method: str
-    path: str
-    query: str
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-
-    def json(self) -> Any:
-        """The body parsed as JSON (raises on a body that is not JSON)."""
-        return orjson.loads(self.body)
-
-    def header(self, name: str) -> str | None:
-        lowered = name.lower()
-        return next((value for key, value in self.headers if key.lower() == lowered), None)
-
-    def raw(self) -> bytes:
-        """The request as HTTP/1.1 bytes (request line, headers, blank line, body).
-
-        Reassembled from what the server parsed, so header casing and order are kept; this is what
-        egress assertions scan when they must cover headers as well as bodies.
-        """
-        target = self.path + (f"?{self.query}" if self.query else "")
-        head = f"{self.method} {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in self.headers)
-        return head.encode("latin-1") + b"\r\n" + self.body
 
 
 @attrs.frozen
