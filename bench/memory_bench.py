@@ -29,6 +29,7 @@ The machine is shared, so single runs vary; the median is the figure.
 from __future__ import annotations
 
 import gc
+import os
 import random
 import re
 import statistics
@@ -723,7 +724,9 @@ def run_timing() -> list[str]:
     for req, result in results:  # the cache only saves work: warm and cold results are identical
         assert result.messages == compact(req, budget=budget, estimator=est).messages, "warm != cold"
     med = statistics.median(warm)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return [
+        f"machine: {os.cpu_count()} CPUs, load average {load:.2f} during the runs (other work inflates timings)",
         f"conversation: {TIMING_TURNS:,} turns, {len(base):,} messages, {size / 1e6:.2f} MB of text; "
         f"budget {budget.context_tokens:,} context − {budget.reserved_output:,} output; "
         f"layers {uncached.layers}",

@@ -87,3 +87,18 @@ def test_history_that_cannot_fit_even_truncated_fails_clearly(fake_cloud: FakeAn
                                                 messages=[{"role": "user", "content": "cloud"}]).content
     finally:
         harness.stop()
+
+
+def test_cloud_usage_calibrates_the_conversations_token_estimate(trooper: Harness, fake_cloud: FakeAnthropic) -> None:
+    """The cloud's exact ``usage.input_tokens`` tunes this conversation's estimator (O(new messages))."""
+    assert trooper.engine is not None
+    client = trooper.client(default_headers={"X-Trooper-Session": "calibrated"})
+    history: list[dict[str, Any]] = []
+    for number in range(4):
+        history.append({"role": "user", "content": f"question {number}: " + "words of prose " * 200})
+        reply = client.messages.create(model=MODEL, max_tokens=16, messages=history)
+        history.append({"role": "assistant", "content": reply.content[0].text})  # type: ignore[union-attr]
+    estimator = trooper.engine.memory.estimator_for("calibrated")
+    assert estimator is not trooper.engine.memory.estimator
+    assert estimator.scale != 1.0  # the fake counts ~4 characters a token; the default guess is ~3.5
+    assert trooper.engine.memory.estimator.scale == 1.0  # other conversations are not affected

@@ -208,8 +208,10 @@ def test_local_content_never_reaches_the_cloud() -> None:
     run_state_machine_as_test(PrivacyMachine, settings=SETTINGS)
 
 
-def test_the_property_fails_when_the_filter_is_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Test the test: with the ledger filter replaced by a pass-through, hypothesis finds the leak."""
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_property_fails_when_the_filter_is_disabled(monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
+    """Test the test: with the ledger filter replaced by a pass-through, the safety check catches the
+    leak on the shortest sequence that shows it (a local turn, then a cloud turn)."""
     import trooper.engine
     from trooper.ledger import FilterResult
 
@@ -217,5 +219,13 @@ def test_the_property_fails_when_the_filter_is_disabled(monkeypatch: pytest.Monk
         return FilterResult(list(messages), False, 0, 0, (), frozenset())
 
     monkeypatch.setattr(trooper.engine, "filter_messages", no_filter)
-    with pytest.raises(AssertionError, match="leaked"):
-        run_state_machine_as_test(PrivacyMachine, settings=settings(SETTINGS, max_examples=30, database=None))
+    machine = PrivacyMachine()
+    try:
+        machine.first_turn()
+        machine.local_turn(control="marker", stream=stream, thinking=False)
+        machine.no_local_canary_reached_the_cloud()  # nothing has been sent to the cloud since
+        machine.cloud_turn()
+        with pytest.raises(AssertionError, match="leaked"):
+            machine.no_local_canary_reached_the_cloud()
+    finally:
+        machine.teardown()

@@ -8,7 +8,8 @@ the turn is decided, and is cached, so the callback never waits on the network.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -24,6 +25,16 @@ if TYPE_CHECKING:
 #: Used when neither the configuration nor the provider says how large the local context is.
 SAFE_DEFAULT_CONTEXT: Final = 8192
 _RETRY_CONTEXT_LOOKUP: Final = 30.0
+
+
+_MAX_CALIBRATIONS: Final = 10_000
+
+
+@attrs.define
+class _Calibration:
+    estimator: CalibratedEstimator
+    messages: int | None = None
+    tokens: int = 0
 
 
 @attrs.frozen
@@ -50,6 +61,29 @@ class Memory:
         self._looked_up_at: float | None = None
         self.estimator = CalibratedEstimator()
         self.cache = ExtractCache()
+        self._calibrations: OrderedDict[str, _Calibration] = OrderedDict()
+
+    def estimator_for(self, session: str) -> CalibratedEstimator:
+        """The conversation's own estimator: its scale learns from the cloud's exact counts."""
+        found = self._calibrations.get(session)
+        return found.estimator if found is not None else self.estimator
+
+    def observe(self, session: str, messages: Sequence[Mapping[str, Any]], input_tokens: int) -> None:
+        """Learn from the cloud's exact ``usage`` input count for the messages it was sent.
+
+        Consecutive requests of a conversation differ by their newest messages, so the difference of
+        two exact counts calibrates the estimate of just those messages: O(new content), not O(history).
+        """
+        state = self._calibrations.pop(session, None) or _Calibration(CalibratedEstimator())
+        self._calibrations[session] = state
+        while len(self._calibrations) > _MAX_CALIBRATIONS:
+            self._calibrations.popitem(last=False)
+        grew = state.messages is not None and len(messages) > state.messages and input_tokens > state.tokens
+        if grew and state.messages is not None:
+            fresh = messages[state.messages:]
+            estimated = sum(state.estimator.count_message(message) for message in fresh)
+            state.estimator.calibrate(estimated, input_tokens - state.tokens)
+        state.messages, state.tokens = len(messages), input_tokens
 
     async def prepare(self) -> None:
         """Learn the local model's context window once (retried after a while if the lookup failed)."""
@@ -77,7 +111,7 @@ class Memory:
             budget=Budget(context_tokens=context, reserved_output=reserved),
             system=body.get("system"),
             tools=body.get("tools"),
-            estimator=self.estimator,
+            estimator=self.estimator_for(turn.session),
             cache=self.cache,
         )
         return MemoryResult(list(result.messages), dict(result.layers), result.num_ctx, reserved)
@@ -90,8 +124,9 @@ class Memory:
             if isinstance(message, Mapping):
                 total += self.estimator.count_message(message)
         system = visible.get("system")
-        if system:
-            total += self.estimator.count(system if isinstance(system, str) else str(system))
-        for tool in visible.get("tools") or []:
-            total += self.estimator.count(str(tool))
+        if isinstance(system, (str, list)):
+            total += self.estimator.count_system(system)
+        tools = visible.get("tools")
+        if isinstance(tools, list):
+            total += self.estimator.count_tools(tools)
         return total

@@ -60,6 +60,7 @@ from trooper.store.base import Origin, SessionStore
 from trooper.wire import (
     JSON,
     MessageAccumulator,
+    SSEDecoder,
     TrooperError,
     encode_sse,
     error_payload,
@@ -418,10 +419,18 @@ class Engine:
         except (AuthError, BadRequest, ProviderError) as exc:
             return self._provider_error(exc, headers)
         health.observe_ok()
+        if self.local is not None:
+            self._learn_tokens(turn, result, first)
         if result.new_cloud_fingerprints:
             self.ledger.record_cloud(result.new_cloud_fingerprints, session=conv.id)
         out_headers = [(k, v) for k, v in response.headers if k.lower() not in _RESPONSE_DROP] + headers
         return Outgoing(response.status, out_headers, stream=self._relay(response, first))
+
+    def _learn_tokens(self, turn: Turn, result: FilterResult, first: Sequence[bytes]) -> None:
+        """Feed the cloud's exact input count to this conversation's token estimator (DESIGN §7)."""
+        tokens = input_tokens(first[0] if first else b"", turn.stream)
+        if tokens is not None:
+            self.memory.observe(turn.session, result.messages, tokens)
 
     async def _first_bytes(self, upstream: UpstreamRequest) -> tuple[UpstreamResponse, list[bytes]]:
         """Send (retrying 529/5xx with back-off) and read up to the first chunk a client would see.
@@ -694,6 +703,24 @@ class Engine:
         if reply.stream is not None:
             data = b"".join([chunk async for chunk in reply.stream])
         return reply.status, orjson.loads(data), {k.lower(): v for k, v in reply.headers}
+
+
+def input_tokens(chunk: bytes, sse: bool) -> int | None:
+    """Total input tokens (cache reads and writes included) from a response's first bytes, if there."""
+    try:
+        if sse:
+            for event, data in SSEDecoder().feed(chunk):
+                if event == "message_start":
+                    usage = orjson.loads(data)["message"]["usage"]
+                    break
+            else:
+                return None
+        else:
+            usage = orjson.loads(chunk)["usage"]
+        return int(usage.get("input_tokens", 0)) + int(usage.get("cache_read_input_tokens") or 0) + int(
+            usage.get("cache_creation_input_tokens") or 0)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def _is_sse(headers: Sequence[tuple[str, str]]) -> bool:

@@ -67,10 +67,10 @@ OPEN_RE: Final = re.compile(
     re.IGNORECASE,
 )
 
+#: Error language in tool output; matched against lower-cased text (case-insensitive regexes are slow).
 ERROR_RE: Final = re.compile(
     r"(?:\btraceback\b|\berror\b|\bexception\b|(?<!\b0 )\bfailed\b|\bfailure\b|\bfatal\b|\bpanic\b|"
     r"\bdenied\b|\bnot found\b|\bexit (?:code|status) [1-9]|\bsegmentation fault\b|\btimed? ?out\b)",
-    re.IGNORECASE,
 )
 
 #: Leading capitalised words that do not start a name ("The Redis cluster", "We Decided").

@@ -416,6 +416,7 @@ class _Assembly:
                     preface=f"Summary of turns {first}–{upto} (written by the local model):\n{text}",
                     preface_turns=(first, upto),
                     costs=self.state.line_costs(self.est),
+                    stats=self.state.line_stats,
                 )
                 if mixed is not None:
                     return mixed
@@ -428,6 +429,7 @@ class _Assembly:
             covered=seen.ekeys(),
             visible=seen.keys(),
             costs=self.state.line_costs(self.est),
+            stats=self.state.line_stats,
         )
 
 

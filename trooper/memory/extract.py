@@ -468,10 +468,15 @@ def _text(b: _Builder, text: str, role: str, prompt: bool) -> None:
             _prose(b, part, role, prompt)
 
 
-_HARD_RE: Final = re.compile(
+_HARD = (
     r"\b(?:never|must(?:n't| not)?|always|don't|do not|make sure|under no|only ever|at most|at least|"
-    r"no more than|no later than|deadline|required|mandatory|not allowed|forbidden)\b",
-    re.IGNORECASE,
+    r"no more than|no later than|deadline|required|mandatory|not allowed|forbidden)\b"
+)
+# One case-sensitive scan of the lower-cased sentence finds every cue kind: four separate
+# case-insensitive searches were four times slower, and this runs on every sentence of every turn.
+_CUES_RE: Final = re.compile(
+    f"(?P<hard>{_HARD})|(?P<constraint>{CONSTRAINT_RE.pattern})"
+    f"|(?P<decision>{DECISION_RE.pattern})|(?P<open>{OPEN_RE.pattern})"
 )
 
 
@@ -487,13 +492,14 @@ def _prose(b: _Builder, text: str, role: str, prompt: bool) -> None:
             continue
         first = words[0].lower().strip(",:;") if words else ""
         question = sent.endswith("?")
-        if user and not question and _HARD_RE.search(sent):
+        cues = {m.lastgroup for m in _CUES_RE.finditer(sent.lower())}
+        if user and not question and "hard" in cues:
             b.add(Section.GOALS, sent, ents, _CONSTRAINT_BONUS)
-        elif user and not question and (first in IMPERATIVES or CONSTRAINT_RE.search(sent)):
+        elif user and not question and (first in IMPERATIVES or "constraint" in cues):
             b.add(Section.GOALS, sent, ents)
-        elif DECISION_RE.search(sent):
+        elif "decision" in cues:
             b.add(Section.DECISIONS, sent, ents)
-        elif OPEN_RE.search(sent) or (not user and sent.endswith("?") and idx == last):
+        elif "open" in cues or (not user and question and idx == last):
             b.add(Section.OPEN, sent, ents)
         elif ents:
             b.add(Section.FACTS, sent, ents)
@@ -535,7 +541,7 @@ def _args(tool_input: Any) -> str:
 
 def _outcome(text: str, is_error: bool) -> tuple[str, bool]:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("<")]
-    err_line = next((ln for ln in lines[:200] if ERROR_RE.search(ln)), None)
+    err_line = next((ln for ln in lines[:200] if ERROR_RE.search(ln.lower())), None)
     error = is_error or (err_line is not None and lines.index(err_line) < 3)
     if error and err_line is not None:
         return err_line[:140], True

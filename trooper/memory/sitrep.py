@@ -30,7 +30,7 @@ from typing import Any, Final, Literal, Protocol
 import attrs
 
 from trooper.memory.extract import SECTION_TITLES, Candidate, Section
-from trooper.memory.tokens import TokenEstimator
+from trooper.memory.tokens import CalibratedEstimator, TextStats, TokenEstimator
 
 __all__ = [
     "ACK_TEXT",
@@ -50,6 +50,8 @@ FOOTER: Final = "[end of SITREP]"
 WORD_WEIGHT: Final = 0.6
 #: Stop scanning after this many candidates did not fit (the rest are lower-ranked).
 MAX_MISSES: Final = 200
+#: Most source-turn tags on one merged entry.
+MAX_TAGS: Final = 4
 
 
 @attrs.frozen
@@ -183,10 +185,7 @@ class _Chosen:
 
 
 def _line(text: str, turns: Sequence[int]) -> str:
-    tags = ",".join(f"t{t}" for t in turns[:4])
-    if len(turns) > 4:
-        tags += f",+{len(turns) - 4}"
-    return f"- {text} [{tags}]"
+    return "- " + text + " [" + ",".join(f"t{t}" for t in turns) + "]"
 
 
 def _render(header: str, entries: Sequence[_Item], preface: str | None) -> str:
@@ -257,6 +256,7 @@ def build_sitrep(
     preface: str | None = None,
     preface_turns: tuple[int, int] | None = None,
     costs: dict[tuple[int, int], int] | None = None,
+    stats: dict[tuple[int, int], TextStats] | None = None,
 ) -> Sitrep | None:
     """Pack the best candidates of turns ``first..last`` into ``budget`` tokens.
 
@@ -267,8 +267,13 @@ def build_sitrep(
     de-duplication keys of entries whose sentence is visible there (neither earns a place). ``preface``
     is a model-written summary of turns ``preface_turns`` placed before the extractive sections; the
     extractive part then covers only the turns after it. ``costs`` memoises line costs by
-    ``(turn, seq)`` for this estimator (the caller owns it). Returns ``None`` when not even the frame
-    fits.
+    ``(turn, seq)`` for this estimator and ``stats`` the lines' character statistics (the caller owns
+    both). Returns ``None`` when not even the frame fits.
+
+    With the default :class:`~trooper.memory.tokens.CalibratedEstimator` the packing is exact: its
+    count of a text is a function of character statistics that add up line by line, so each candidate
+    is checked against the true count of the whole and the SITREP is rendered once. Any other estimator
+    gets per-line estimates, then a measurement of the whole and a second pass for the slack.
     """
     if last < first or budget <= 0:
         return None
@@ -276,6 +281,19 @@ def build_sitrep(
     frame = _messages_tokens(_render(header, (), preface), estimator)
     if frame > budget:
         return None
+    if isinstance(estimator, CalibratedEstimator) and "```" not in header + (preface or ""):
+        return _pack_exact(
+            ranked,
+            first,
+            last,
+            budget,
+            estimator,
+            covered=covered,
+            visible=visible,
+            preface=preface,
+            preface_turns=preface_turns,
+            memo=stats if stats is not None else {},
+        )
     lo = preface_turns[1] + 1 if preface_turns else first
     chosen: list[_Chosen] = []
     by_key: dict[str, _Chosen] = {}
@@ -295,7 +313,7 @@ def build_sitrep(
                 continue
             twin = by_key.get(cand.key)
             if twin is not None:
-                if turn not in twin.turns and len(twin.turns) < 5 and remaining >= 3:
+                if turn not in twin.turns and len(twin.turns) < MAX_TAGS and remaining >= 3:
                     twin.add_turn(turn)
                     remaining -= 3
                 continue
@@ -326,6 +344,78 @@ def build_sitrep(
         remaining = budget - tokens
         if remaining < 16:
             break
+    entries = tuple(sorted((c.entry() for c in chosen), key=lambda e: (e.section, e.turns[0], e.seq)))
+    kind: Literal["extractive", "model", "mixed"] = "extractive"
+    if preface is not None:
+        kind = "mixed" if entries else "model"
+    return Sitrep(first, last, entries, text, tokens, kind, preface_turns, preface)
+
+
+_TITLE_STATS: Final = {s: TextStats(f"\n{SECTION_TITLES[s]}:") for s in Section}
+
+
+def _pack_exact(
+    ranked: Sequence[tuple[float, int, int, Candidate]],
+    first: int,
+    last: int,
+    budget: int,
+    estimator: CalibratedEstimator,
+    *,
+    covered: frozenset[str],
+    visible: frozenset[str],
+    preface: str | None,
+    preface_turns: tuple[int, int] | None,
+    memo: dict[tuple[int, int], TextStats],
+) -> Sitrep | None:
+    """Greedy packing against the exact count of the whole (see :func:`build_sitrep`)."""
+    header = sitrep_header(first, last)
+    bare = _render(header, (), preface)
+    limit = budget - (_messages_tokens(bare, estimator) - estimator.count(bare))  # text tokens allowed
+    total = TextStats(bare)
+    count = estimator.count_stats
+    lo = preface_turns[1] + 1 if preface_turns else first
+    chosen: list[_Chosen] = []
+    by_key: dict[str, _Chosen] = {}
+    sections: set[Section] = set()
+    cov: set[str] = set()
+    misses = 0
+    used = count(total)
+    for _neg, turn, seq, cand in ranked:
+        if turn < lo or turn > last or cand.key in visible:
+            continue
+        twin = by_key.get(cand.key)
+        if twin is not None:
+            if turn not in twin.turns and len(twin.turns) < MAX_TAGS:
+                grown = total + TextStats(f",t{turn}")
+                if count(grown) <= limit:
+                    twin.add_turn(turn)
+                    total = grown
+                    used = count(total)
+            continue
+        if cand.section == Section.FACTS and cand.ekeys and all(k in cov or k in covered for k in cand.ekeys):
+            continue
+        line = memo.get((turn, seq))
+        if line is None:
+            line = memo[(turn, seq)] = TextStats("\n" + _line(cand.text, (turn,)))
+        grown = total + line
+        if cand.section not in sections:
+            grown = grown + _TITLE_STATS[cand.section]
+        grown_tokens = count(grown)
+        if "```" in cand.text or grown_tokens > limit:
+            misses += 1
+            if misses > MAX_MISSES or limit - used < 8:  # nothing useful fits any more
+                break
+            continue
+        ch = _Chosen(cand, turn, grown_tokens - used)
+        chosen.append(ch)
+        by_key[cand.key] = ch
+        sections.add(cand.section)
+        cov.update(cand.ekeys)
+        total, used = grown, grown_tokens
+    done = _finish(header, chosen, preface, budget, estimator)  # verifies; trims only if estimates lied
+    if done is None:
+        return None
+    text, tokens, chosen = done
     entries = tuple(sorted((c.entry() for c in chosen), key=lambda e: (e.section, e.turns[0], e.seq)))
     kind: Literal["extractive", "model", "mixed"] = "extractive"
     if preface is not None:

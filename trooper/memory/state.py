@@ -29,7 +29,7 @@ from typing import Any, Final
 from trooper.memory.cache import ExtractCache
 from trooper.memory.extract import Candidate, extract_of
 from trooper.memory.sitrep import salience
-from trooper.memory.tokens import TokenEstimator
+from trooper.memory.tokens import TextStats, TokenEstimator
 from trooper.memory.turns import Turn, TurnIndex, is_prompt, json_bytes, prompt_starts
 
 __all__ = ["ConversationState", "open_state", "turn_tokens"]
@@ -68,6 +68,7 @@ class ConversationState:
         "counts_key",
         "df",
         "fps",
+        "line_stats",
         "prefix",
         "ranked",
         "stable",
@@ -90,6 +91,8 @@ class ConversationState:
         #: SITREP line costs by (turn, seq) under ``costs_key`` (see ``build_sitrep``).
         self.costs: dict[tuple[int, int], int] = {}
         self.costs_key: Hashable = None
+        #: Character statistics of SITREP lines by (turn, seq) (estimator-independent).
+        self.line_stats: dict[tuple[int, int], TextStats] = {}
         #: Turns (and their messages) covered by ``prefix``: the open serialisation ``[m1,…,mk`` of
         #: those messages, compared byte for byte (exact, and faster than hashing them again).
         self.stable = 0
@@ -117,6 +120,7 @@ class ConversationState:
             del self.turn_terms[n:]
             self.ranked = [row for row in self.ranked if row[1] <= n]
             self.costs = {k: v for k, v in self.costs.items() if k[0] <= n}
+            self.line_stats = {k: v for k, v in self.line_stats.items() if k[0] <= n}
         del self.fps[n:]
         del self.starts[n:]
         del self.counts[n:]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Final, Protocol, runtime_checkable
 
 from trooper.memory.turns import json_text
@@ -86,7 +86,7 @@ class TextStats:
         self.code = size - len(data.translate(None, _CODE_CHARS))
 
     def __add__(self, other: TextStats) -> TextStats:
-        out = TextStats()
+        out = TextStats.__new__(TextStats)  # no __init__: nothing to scan
         out.head = self.head or other.head
         out.n = self.n + other.n
         out.digits = self.digits + other.digits
@@ -97,15 +97,22 @@ class TextStats:
         out.code = self.code + other.code
         return out
 
-    def kind(self) -> ContentKind:
+    def kind_index(self) -> int:
+        """0 prose, 1 code, 2 JSON (an int: this runs once per candidate when packing a SITREP)."""
         n = self.n
         if n == 0:
-            return ContentKind.PROSE
-        if self.head in ("{", "[") and self.json / n >= 0.06:
-            return ContentKind.JSON
-        if self.code / n >= 0.03 or (self.quotes / n >= 0.05 and self.colons / n >= 0.02):
-            return ContentKind.CODE
-        return ContentKind.PROSE
+            return 0
+        if self.head in ("{", "[") and self.json >= 0.06 * n:
+            return 2
+        if self.code >= 0.03 * n or (self.quotes >= 0.05 * n and self.colons >= 0.02 * n):
+            return 1
+        return 0
+
+    def kind(self) -> ContentKind:
+        return _KINDS[self.kind_index()]
+
+
+_KINDS: Final = (ContentKind.PROSE, ContentKind.CODE, ContentKind.JSON)
 
 
 def classify(text: str) -> ContentKind:
@@ -260,7 +267,7 @@ class CallableEstimator(TextEstimator):
     count identically.
     """
 
-    def __init__(self, count: Any, name: str) -> None:
+    def __init__(self, count: Callable[[str], int], name: str) -> None:
         self._count = count
         self._name = name
 
@@ -303,6 +310,7 @@ class CalibratedEstimator(TextEstimator):
         if margin < 0 or not 0 < alpha <= 1 or not 0 < min_scale <= 1 <= max_scale:
             raise ValueError("invalid margin, alpha or scale bounds")
         self._ratio = {ContentKind.PROSE: prose, ContentKind.CODE: code, ContentKind.JSON: json}
+        self._ratios = (prose, code, json)  # by TextStats.kind_index()
         self._margin = margin
         self._digit = digit_tokens
         self._non_ascii = non_ascii_tokens
@@ -375,7 +383,7 @@ class CalibratedEstimator(TextEstimator):
         return self._raw_stats(TextStats(text), kind)
 
     def _raw_stats(self, stats: TextStats, kind: ContentKind | None = None) -> float:
-        ratio = self._ratio[kind if kind is not None else stats.kind()]
+        ratio = self._ratio[kind] if kind is not None else self._ratios[stats.kind_index()]
         plain = stats.n - stats.digits - stats.non_ascii
         return plain / ratio + stats.digits * self._digit + stats.non_ascii * self._non_ascii
 
