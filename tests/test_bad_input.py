@@ -3,6 +3,7 @@ the next request is served normally, and what was stored before is unchanged."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -160,7 +161,7 @@ def malformed_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
     }
     for _ in range(draw(st.integers(1, 4))):
         where = draw(st.sampled_from(["body", "message", "block"]))
-        value = draw(json_values)
+        value = copy.deepcopy(draw(json_values))  # sampled values are shared: never mutate them
         if where == "body":
             body[draw(st.sampled_from(BODY_FIELDS))] = value
         elif where == "message" and isinstance(body.get("messages"), list) and body["messages"]:
