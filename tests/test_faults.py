@@ -231,3 +231,31 @@ def test_fallback_content_is_shareable_when_configured(fake_cloud: FakeAnthropic
         assert "forced prompt" not in sent and "forced answer" not in sent
     finally:
         harness.stop()
+
+
+def test_a_hanging_probe_never_holds_up_a_local_turn(fake_cloud: FakeAnthropic, fake_local: FakeOllama) -> None:
+    """The recovery probe is shared, bounded, and never awaited by a turn that runs locally anyway."""
+    config = make_config()
+    config = attrs.evolve(config, anthropic=attrs.evolve(config.anthropic, probe_timeout=0.5))
+    harness = Harness(config, MemoryStore(), fake_cloud.url, fake_local.url).start()
+    try:
+        client = harness.client(default_headers={"X-Trooper-Session": SESSION, "X-Canary-Header": "CANARY-HDR"})
+        fake_cloud.enqueue(script.rate_limited(retry_after=1))
+        client.messages.create(model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "first"}])
+        time.sleep(1.1)
+        fake_cloud.count_tokens_default = script.hang()
+        started = time.monotonic()
+        forced = client.messages.with_raw_response.create(
+            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "::local private"}])
+        assert forced.headers["x-trooper-route"] == "local"
+        assert time.monotonic() - started < 0.4  # did not wait for the hanging probe
+        started = time.monotonic()
+        other = client.messages.with_raw_response.create(
+            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "could be cloud"}])
+        assert time.monotonic() - started < 2.5  # waited at most the probe timeout
+        assert other.headers["x-trooper-route"] == "local"
+        probes = [r for r in fake_cloud.requests if r.path == "/v1/messages/count_tokens"]
+        assert len(probes) == 1  # one probe in flight, shared
+        assert probes[0].header("x-canary-header") is None  # the probe carries only credentials
+    finally:
+        harness.stop()

@@ -74,6 +74,9 @@ class AnthropicConfig:
     #: seconds) before the turn falls back to the local model.
     overload_retries: int = attrs.field(default=2, validator=attrs.validators.ge(0))
     overload_backoff: float = attrs.field(default=0.25, validator=_positive)
+    #: Longest wait for the recovery probe (a ``count_tokens`` call): a turn that could use the cloud
+    #: waits at most this long for it; a turn that runs locally never waits.
+    probe_timeout: float = attrs.field(default=5.0, validator=_positive)
     #: ``aiohttp`` (default, fastest under concurrency) or ``httpx`` (httpcore's own pool).
     transport: Literal["aiohttp", "httpx"] = "aiohttp"
 

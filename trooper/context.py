@@ -60,7 +60,9 @@ class Memory:
         self.context_tokens: int | None = config.ollama.context_length
         self._looked_up_at: float | None = None
         self.estimator = CalibratedEstimator()
-        self.cache = ExtractCache()
+        # Bounded well below the memory package's default: entries hold per-turn extracts, and a
+        # long-running proxy sees many conversations (the soak bench measured ~5 KiB of RSS a turn).
+        self.cache = ExtractCache(maxsize=2_000)
         self._calibrations: OrderedDict[str, _Calibration] = OrderedDict()
 
     def estimator_for(self, session: str) -> CalibratedEstimator:

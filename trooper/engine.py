@@ -8,8 +8,10 @@ call the same engine directly with provider objects and a store of their choosin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -162,7 +164,8 @@ class Engine:
         self.metrics = Metrics()
         self.started_at = clock()
         self._health: dict[str, CloudHealth] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        # One lock per conversation while someone holds it; gone when nobody does.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     @classmethod
     def from_config(cls, config: Config) -> Engine:
@@ -220,7 +223,12 @@ class Engine:
         health_key = self._health_key(request.headers)
         health = self._health.setdefault(health_key, CloudHealth())
         if health.probe_due(self.clock()):
-            await self._probe(health, request.headers, body)
+            probe = self._start_probe(health, request.headers, body)
+            if not controls.force_local and continuation != "local":
+                # This turn could use the cloud: wait (bounded) for the one shared probe to say so.
+                # A turn that runs locally anyway never waits on the cloud.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(probe), self.config.anthropic.probe_timeout + 1)
         lock = self._locks.setdefault(session, asyncio.Lock())
         async with lock:
             conv = self._load(session)
@@ -398,7 +406,7 @@ class Engine:
         try:
             response, first = await self._first_bytes(upstream)
         except (QuotaExhausted, Unreachable, Overloaded) as exc:
-            health.last_failure = exc
+            health.last_failure = exc.with_traceback(None)  # keep the answer, not the request's frames
             now = self.clock()
             if isinstance(exc, QuotaExhausted):
                 health.observe_quota(now, exc.retry_after, exc.message)
@@ -614,16 +622,33 @@ class Engine:
         kept = [(k, v) for k, v in response.headers if k.lower() not in _RESPONSE_DROP]
         return Outgoing(response.status, kept, stream=self._relay(response))
 
+    def _start_probe(self, health: CloudHealth, headers: Sequence[tuple[str, str]], body: JSON) -> asyncio.Task[None]:
+        """The probe for this upstream and credential: one in flight at a time, shared by every turn."""
+        if health.probe is None or health.probe.done():
+            health.probe = asyncio.ensure_future(self._probe(health, headers, body))
+        return health.probe
+
     async def _probe(self, health: CloudHealth, headers: Sequence[tuple[str, str]], body: JSON) -> None:
-        """A call that costs no tokens: count_tokens on a one-word prompt, with the caller's credentials."""
+        """A call that costs no tokens: count_tokens on a one-word prompt, with the caller's credentials.
+
+        Only the credential and ``anthropic-*`` headers are sent: the probe is Trooper's request, and
+        nothing else of the turn that triggered it belongs in it.
+        """
         health.last_probe = self.clock()
         probe = orjson.dumps({"model": body.get("model", "claude-sonnet-4-5"),
                               "messages": [{"role": "user", "content": "ping"}]})
-        kept = [(k, v) for k, v in headers if k.lower() not in ("content-length",)]
+        kept = [(k, v) for k, v in headers
+                if k.lower() in ("x-api-key", "authorization") or k.lower().startswith("anthropic-")]
+        kept.append(("content-type", "application/json"))
         try:
-            response = await self.cloud.send(UpstreamRequest("POST", "/v1/messages/count_tokens", "", kept, probe))
-            await response.aread()
-            await response.aclose()
+            async with asyncio.timeout(self.config.anthropic.probe_timeout):
+                response = await self.cloud.send(
+                    UpstreamRequest("POST", "/v1/messages/count_tokens", "", kept, probe))
+                await response.aread()
+                await response.aclose()
+        except TimeoutError:
+            health.observe_unreachable(self.clock(), "health probe timed out")
+            return
         except QuotaExhausted as exc:
             health.observe_quota(self.clock(), exc.retry_after, exc.message)
             return

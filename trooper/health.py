@@ -7,6 +7,8 @@ a cheap probe succeeds. Pure bookkeeping — the clock is passed in, the probe i
 
 from __future__ import annotations
 
+import asyncio
+
 import attrs
 
 from trooper.conversation import Health
@@ -28,6 +30,8 @@ class CloudHealth:
     last_probe: float | None = None
     #: The cloud's last failing answer: what a fallback turn shows when the local model fails too.
     last_failure: ProviderError | None = None
+    #: The recovery probe in flight, if any: concurrent turns share it instead of each sending one.
+    probe: asyncio.Task[None] | None = attrs.field(default=None, repr=False)
 
     def observe_ok(self) -> None:
         self.status, self.retry_at, self.failures, self.last_error = Health.UP, 0.0, 0, ""
