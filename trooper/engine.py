@@ -136,7 +136,7 @@ def _error(exc: TrooperError, extra: Sequence[tuple[str, str]] = ()) -> Outgoing
     return Outgoing(exc.status, headers, exc.body())
 
 
-def _ollama_like(provider: LocalProvider | None) -> str:
+def _provider_name(provider: LocalProvider | None) -> str:
     return provider.name if provider is not None else "none"
 
 
@@ -666,7 +666,7 @@ class Engine:
 
     async def health_report(self) -> dict[str, Any]:
         """Cloud health, whether the local provider answers, and whether the store does."""
-        local: dict[str, Any] = {"provider": _ollama_like(self.local), "model": self.config.ollama.model,
+        local: dict[str, Any] = {"provider": _provider_name(self.local), "model": self.config.ollama.model,
                                  "context_tokens": self.memory.context_tokens}
         check = getattr(self.local, "health", None)
         if check is not None:
