@@ -32,7 +32,6 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -49,7 +48,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from trooper.testing._recording import RecordedRequest
+from trooper.testing._recording import RecordedRequest, RequestLog
 from trooper.testing._runner import LoopbackServer
 from trooper.wire import (
     ERROR_STATUS,
@@ -761,7 +760,7 @@ class _Recorder:
 # -------------------------------------------------------------------------------------------- the fake
 
 
-class FakeAnthropic:
+class FakeAnthropic(RequestLog):
     """A fake Anthropic API on ``127.0.0.1``: ``with FakeAnthropic() as fake: fake.url``.
 
     Scripts queued with :meth:`enqueue` answer ``POST /v1/messages`` in order; when the queue is empty
@@ -785,13 +784,12 @@ class FakeAnthropic:
         self.organization_id = organization_id
         self.default: Script | None = None
         self.count_tokens_default: CountScript | None = None
-        self._lock = threading.Lock()
-        self._requests: list[RecordedRequest] = []
+        super().__init__()
         self._scripts: deque[Script] = deque()
         self._count_scripts: deque[CountScript] = deque()
         self._server: LoopbackServer | None = None
         self._stopping = asyncio.Event()
-        self.app: ASGIApp = _Recorder(self._starlette(), self._record)
+        self.app: ASGIApp = _Recorder(self._starlette(), self._keep)
 
     # ------------------------------------------------------------------------------------- lifecycle
 
@@ -848,28 +846,6 @@ class FakeAnthropic:
 
     # ------------------------------------------------------------------------------------- recording
 
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """A snapshot of every request received so far, oldest first."""
-        with self._lock:
-            return list(self._requests)
-
-    def received_bytes(self) -> bytes:
-        """Every path, query, header value and body received, concatenated: where a canary would show."""
-        return b"\n".join(request.raw() for request in self.requests)
-
-    def last_json(self) -> Any:
-        """The parsed body of the most recent request that had one (HEAD/GET probes are skipped)."""
-        for request in reversed(self.requests):
-            if request.body:
-                return request.json()
-        raise LookupError("no request with a body was received")
-
-    def clear(self) -> None:
-        """Forget recorded requests (scripts stay queued)."""
-        with self._lock:
-            self._requests.clear()
-
     def reset(self) -> None:
         """Forget requests, queued scripts and defaults: a shared fake as good as new."""
         with self._lock:
@@ -878,10 +854,6 @@ class FakeAnthropic:
             self._count_scripts.clear()
         self.default = None
         self.count_tokens_default = None
-
-    def _record(self, request: RecordedRequest) -> None:
-        with self._lock:
-            self._requests.append(request)
 
     def _next(self, queue: deque[Any]) -> Any:
         with self._lock:

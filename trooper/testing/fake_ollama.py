@@ -47,7 +47,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from trooper.testing._recording import RecordedRequest
+from trooper.testing._recording import RecordedRequest, RequestLog
 from trooper.testing._runner import LoopbackServer
 
 __all__ = [
@@ -182,7 +182,7 @@ Script = Item | Callable[[RecordedRequest], Item | None]
 # ------------------------------------------------------------------------------------------ server
 
 
-class FakeOllama:
+class FakeOllama(RequestLog):
     """``with FakeOllama() as ollama: ollama.url`` — a scripted Ollama that records every request."""
 
     def __init__(
@@ -198,8 +198,7 @@ class FakeOllama:
         for model in models:
             entry = model if isinstance(model, FakeModel) else FakeModel(model, context_length=context_length)
             self.models[entry.tagged] = entry
-        self._lock = threading.Lock()
-        self._requests: list[RecordedRequest] = []
+        super().__init__()
         self._queue: deque[Script] = deque(replies)
         self._closing = threading.Event()
         self._server: LoopbackServer | None = None
@@ -240,11 +239,6 @@ class FakeOllama:
             self._queue.extend(items)
 
     @property
-    def requests(self) -> list[RecordedRequest]:
-        with self._lock:
-            return list(self._requests)
-
-    @property
     def pending(self) -> int:
         """Scripted replies not used yet."""
         with self._lock:
@@ -254,27 +248,11 @@ class FakeOllama:
         """The JSON bodies of every ``/api/chat`` request, in order."""
         return [r.json() for r in self.requests if r.path == "/api/chat"]
 
-    def last_json(self, path: str | None = None) -> Any:
-        """The JSON body of the last request to ``path`` (default: the last one that had a body)."""
-        for request in reversed(self.requests):
-            if (path is None and request.body) or request.path == path:
-                return request.json()
-        raise LookupError(f"no request {f'to {path}' if path else 'with a body'} was received")
-
-    def clear(self) -> None:
-        """Forget the recorded requests (scripted replies stay queued)."""
-        with self._lock:
-            self._requests.clear()
-
     def reset(self) -> None:
         """Forget recorded requests and unused scripted replies: a clean slate between tests."""
         with self._lock:
             self._requests.clear()
             self._queue.clear()
-
-    def received_bytes(self) -> bytes:
-        """Everything received, request after request, as HTTP/1.1 bytes (see :meth:`RecordedRequest.raw`)."""
-        return b"".join(r.raw() for r in self.requests)
 
     # -- the ASGI app
 
@@ -296,8 +274,7 @@ class FakeOllama:
             headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw),
             body=await request.body(),
         )
-        with self._lock:
-            self._requests.append(recorded)
+        self._keep(recorded)
         return recorded
 
     async def _root(self, request: Request) -> Response:
