@@ -75,6 +75,11 @@ log = structlog.get_logger("trooper")
 _RESPONSE_DROP = HOP_BY_HOP - {"content-length"}
 
 
+def _forwardable(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """An upstream response's headers minus hop-by-hop ones: what the client gets to see."""
+    return [(k, v) for k, v in headers if k.lower() not in _RESPONSE_DROP]
+
+
 @attrs.frozen
 class Incoming:
     """A request as bytes: what the server hands the engine."""
@@ -431,7 +436,7 @@ class Engine:
             self._learn_tokens(turn, result, first)
         if result.new_cloud_fingerprints:
             self.ledger.record_cloud(result.new_cloud_fingerprints, session=conv.id)
-        out_headers = [(k, v) for k, v in response.headers if k.lower() not in _RESPONSE_DROP] + headers
+        out_headers = _forwardable(response.headers) + headers
         return Outgoing(response.status, out_headers, stream=self._relay(response, first))
 
     def _learn_tokens(self, turn: Turn, result: FilterResult, first: Sequence[bytes]) -> None:
@@ -488,7 +493,7 @@ class Engine:
     def _provider_error(self, exc: ProviderError, headers: Sequence[tuple[str, str]]) -> Outgoing:
         """The provider's own error response verbatim, or a Trooper error when there was none."""
         if exc.status is not None and exc.body is not None:
-            kept = [(k, v) for k, v in exc.headers if k.lower() not in _RESPONSE_DROP]
+            kept = _forwardable(exc.headers)
             return Outgoing(exc.status, kept + list(headers), exc.body)
         status = 502 if isinstance(exc, Unreachable) else 500
         error = TrooperError(exc.error_type if exc.status else "api_error", exc.message, status=status)
@@ -604,7 +609,7 @@ class Engine:
             return self._provider_error(exc, [])
         data = await response.aread()
         await response.aclose()
-        kept = [(k, v) for k, v in response.headers if k.lower() not in _RESPONSE_DROP]
+        kept = _forwardable(response.headers)
         return Outgoing(response.status, kept, data)
 
     def _estimate_tokens(self, body: JSON) -> Outgoing:
@@ -619,7 +624,7 @@ class Engine:
             response = await self.cloud.send(upstream)
         except ProviderError as exc:
             return self._provider_error(exc, [])
-        kept = [(k, v) for k, v in response.headers if k.lower() not in _RESPONSE_DROP]
+        kept = _forwardable(response.headers)
         return Outgoing(response.status, kept, stream=self._relay(response))
 
     def _start_probe(self, health: CloudHealth, headers: Sequence[tuple[str, str]], body: JSON) -> asyncio.Task[None]:
