@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from trooper.config import Config, LocalityConfig, OllamaConfig
 from trooper.engine import Engine
 from trooper.providers.anthropic import AnthropicProvider
 from trooper.providers.ollama import OllamaProvider
-from trooper.server import create_app
+from trooper.server import UVICORN_OPTIONS, create_app
 from trooper.store import MemoryStore, SQLiteStore
 from trooper.store.base import SessionStore
 from trooper.testing import FakeAnthropic, FakeOllama, LoopbackServer, unused_port_url
@@ -57,11 +58,27 @@ class Harness:
     """A running Trooper: its URL, engine and store, and a way to restart it on the same store."""
 
     config: Config
-    store: SessionStore
+    _store: SessionStore
     cloud_url: str
     local_url: str | None
     engine: Engine | None = None
     server: LoopbackServer | None = None
+
+    @property
+    def store(self) -> SessionStore:
+        """The store, once the server has written what it owes for the responses already sent."""
+        self.settle()
+        return self._store
+
+    def settle(self) -> None:
+        """Wait until the server has run the bookkeeping of every response it has already sent.
+
+        The engine writes a turn's audit record and log line just after the response leaves; one
+        round trip through the server's event loop orders what follows after all of them.
+        """
+        loop = self.server.loop if self.server is not None else None
+        if loop is not None and not loop.is_closed():
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(5)
 
     @property
     def url(self) -> str:
@@ -73,8 +90,8 @@ class Harness:
                                   idle_timeout=self.config.anthropic.idle_timeout)
         local = OllamaProvider(self.local_url, first_byte_timeout=self.config.ollama.first_byte_timeout,
                                idle_timeout=self.config.ollama.idle_timeout) if self.local_url else None
-        self.engine = Engine(cloud=cloud, local=local, store=self.store, config=self.config)
-        self.server = LoopbackServer(create_app(self.config, self.engine)).start()
+        self.engine = Engine(cloud=cloud, local=local, store=self._store, config=self.config)
+        self.server = LoopbackServer(create_app(self.config, self.engine), **UVICORN_OPTIONS).start()
         return self
 
     def stop(self) -> None:
@@ -82,8 +99,6 @@ class Harness:
             engine = self.engine
             loop = self.server.loop
             if engine is not None and loop is not None and not loop.is_closed():
-                import asyncio
-
                 asyncio.run_coroutine_threadsafe(engine.cloud.aclose(), loop).result(5)
                 if engine.local is not None:
                     asyncio.run_coroutine_threadsafe(engine.local.aclose(), loop).result(5)

@@ -69,6 +69,7 @@ def scenario(fake_cloud: FakeAnthropic, fake_local: FakeOllama, tmp_path: Path) 
         history += [{"role": "assistant", "content": "fallback answer"}, {"role": "user", "content": "and now?"}]
         replies.append(_post(harness, history))
         assert [r.status_code for r in replies] == [200, 200, 200, 200], [r.text for r in replies]
+        harness.settle()
         yield Scenario(harness, store_path, stream.getvalue(), replies)
     finally:
         harness.stop()

@@ -46,6 +46,23 @@ def test_create_forwards_the_original_bytes(trooper: Harness, fake_cloud: FakeAn
     assert fake_cloud.requests[-1].body == body
 
 
+def test_each_response_header_appears_once(trooper: Harness, fake_cloud: FakeAnthropic) -> None:
+    """The upstream's ``date`` and ``server`` come through once, not beside uvicorn's own."""
+    body = orjson.dumps({"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]})
+    direct = _raw_post(f"{fake_cloud.url}/v1/messages", body)
+    for stream in (False, True):
+        relayed = _raw_post(f"{trooper.url}/v1/messages",
+                            orjson.dumps({**orjson.loads(body), "stream": stream}))
+        assert relayed.status_code == 200
+        for name in ("date", "server", "content-type", "request-id"):
+            assert len(relayed.headers.get_list(name)) == len(direct.headers.get_list(name)) == 1, name
+        assert relayed.headers["server"] == direct.headers["server"]
+    # A response Trooper makes itself (here an error) is dated once too.
+    own = _raw_post(f"{trooper.url}/v1/messages", b"{not json")
+    assert own.status_code == 400 and len(own.headers.get_list("date")) == 1
+    assert "server" not in own.headers
+
+
 def test_sdk_create(client: anthropic.Anthropic, fake_cloud: FakeAnthropic) -> None:
     fake_cloud.enqueue(script.text("first", "second"))
     message = client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}])

@@ -62,7 +62,7 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
 
     from trooper.audit import configure_logging
     from trooper.engine import Engine
-    from trooper.server import create_app
+    from trooper.server import UVICORN_OPTIONS, create_app
 
     server = attrs.evolve(config.server, host=host or config.server.host,
                           port=config.server.port if port is None else port)
@@ -84,7 +84,7 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
         uvicorn.run(
             create_app(config, engine, owns_engine=True), host=config.server.host, port=config.server.port,
             http="httptools", loop="uvloop" if sys.platform != "win32" else "asyncio",
-            log_level="warning", access_log=False, lifespan="on",
+            log_level="warning", access_log=False, lifespan="on", **UVICORN_OPTIONS,
         )
     except OSError as exc:
         _fail(f"cannot listen on {config.server.host}:{config.server.port}: {exc}")

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from email.utils import formatdate
 from typing import Any
 
 import orjson
@@ -34,6 +37,26 @@ Send = Callable[[Message], Awaitable[None]]
 log = structlog.get_logger("trooper.server")
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+
+#: How Trooper runs on uvicorn, wherever it is served (``trooper serve``, tests, embedders).
+#: uvicorn's own ``server`` and ``date`` headers are off because a relayed response already carries
+#: the upstream's: with them on, a client saw two of each (``server: uvicorn`` beside
+#: ``server: cloudflare``). Trooper dates the responses it makes itself (:func:`_dated`).
+#: Proxy headers are off because nothing here uses the client's address.
+UVICORN_OPTIONS: dict[str, Any] = {"server_header": False, "date_header": False, "proxy_headers": False}
+
+
+@functools.lru_cache(maxsize=2)
+def _http_date(second: int) -> bytes:
+    return formatdate(second, usegmt=True).encode("ascii")
+
+
+def _dated(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` plus an HTTP ``date`` when they have none (formatted once a second)."""
+    for name, _ in headers:
+        if name == b"date":
+            return headers
+    return [*headers, (b"date", _http_date(int(time.time())))]
 
 
 class TrooperApp:
@@ -228,7 +251,7 @@ def _too_large(limit: int) -> TrooperError:
 
 async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+                "headers": [*_dated(headers), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -240,7 +263,7 @@ async def _send_reply(send: Send, reply: Outgoing) -> None:
         return
     stream = reply.stream
     try:
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.start", "status": reply.status, "headers": _dated(headers)})
         async for chunk in stream:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -264,4 +287,4 @@ def create_app(config: Config | None = None, engine: Engine | None = None, *,
     return app
 
 
-__all__ = ["TrooperApp", "create_app"]
+__all__ = ["UVICORN_OPTIONS", "TrooperApp", "create_app"]

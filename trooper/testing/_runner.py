@@ -20,7 +20,10 @@ import uvicorn
 class LoopbackServer:
     """``with LoopbackServer(app) as server: server.url`` — an app served on ``127.0.0.1:<port>``."""
 
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0, http: str = "httptools") -> None:
+    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0, http: str = "httptools",
+                 **uvicorn_options: Any) -> None:
+        """``uvicorn_options`` go to :class:`uvicorn.Config` as they are (Trooper passes
+        :data:`trooper.server.UVICORN_OPTIONS`, so tests serve it exactly as ``trooper serve`` does)."""
         self.app = app
         self.host = host
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -29,7 +32,7 @@ class LoopbackServer:
         self.port: int = self._sock.getsockname()[1]
         config = uvicorn.Config(
             app, log_level="warning", lifespan="on", http=http, loop="asyncio", access_log=False,
-            timeout_graceful_shutdown=1,
+            timeout_graceful_shutdown=1, **uvicorn_options,
         )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
