@@ -77,8 +77,10 @@ class AnthropicConfig:
     #: Longest wait for the recovery probe (a ``count_tokens`` call): a turn that could use the cloud
     #: waits at most this long for it; a turn that runs locally never waits.
     probe_timeout: float = attrs.field(default=5.0, validator=_positive)
-    #: ``aiohttp`` (default, fastest under concurrency) or ``httpx`` (httpcore's own pool).
-    transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    #: The HTTP client stack for cloud calls: ``aiohttp`` (default: the fastest, see
+    #: ``trooper/providers/transport.py`` for the measurements), ``httpx-aiohttp`` (httpx's API over
+    #: aiohttp's pool) or ``httpx`` (httpcore's own pool).
+    transport: Literal["aiohttp", "httpx-aiohttp", "httpx"] = "aiohttp"
 
 
 @attrs.frozen

@@ -10,8 +10,8 @@ import attrs
 import httpx
 
 from trooper.config import Config
-from trooper.providers.anthropic import root_cause
 from trooper.providers.ollama import context_length_from_show
+from trooper.providers.transport import root_cause
 
 
 @attrs.frozen

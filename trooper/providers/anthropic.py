@@ -14,10 +14,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
-import httpx
 import orjson
 
 from trooper.config import AnthropicConfig, Config
@@ -29,8 +28,10 @@ from trooper.providers.base import (
     QuotaExhausted,
     Unreachable,
     UpstreamRequest,
+    UpstreamResponse,
     header,
 )
+from trooper.providers.transport import TransportKind, make_transport
 
 #: Headers a proxy must not forward (RFC 9110 §7.6.1) plus those the HTTP client recomputes.
 HOP_BY_HOP: frozenset[str] = frozenset({
@@ -47,49 +48,6 @@ _QUOTA_MESSAGES: tuple[str, ...] = (
 )
 
 
-def make_transport(kind: Literal["aiohttp", "httpx"]) -> httpx.AsyncBaseTransport:
-    """httpx's transport API over aiohttp's connection pool (DESIGN §8: ~4x httpcore's at 16).
-
-    The provider talks to the transport directly rather than through ``httpx.AsyncClient``: a proxy
-    wants none of a client's conveniences — no default headers, no redirects, and above all no
-    cookie jar, which would carry one user's upstream cookies into another user's requests — and
-    skipping them is a third of the per-request cost.
-    """
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30)
-    if kind == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport
-
-        return AiohttpTransport(limits=limits, trust_env=False)
-    return httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
-
-
-class HttpxUpstreamResponse:
-    """Adapts :class:`httpx.Response` to :class:`~trooper.providers.base.UpstreamResponse`."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self._response = response
-        self.status = response.status_code
-        self.headers: Sequence[tuple[str, str]] = [
-            (k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw
-        ]
-
-    async def aiter_raw(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.aiter_raw():
-                yield chunk
-        except httpx.ReadTimeout as exc:
-            raise Unreachable(f"upstream stream stalled: {root_cause(exc)}") from exc
-        except httpx.TransportError as exc:
-            raise Unreachable(f"upstream connection broke mid-stream: {root_cause(exc)}") from exc
-
-    async def aread(self) -> bytes:
-        chunks = [chunk async for chunk in self.aiter_raw()]
-        return b"".join(chunks)
-
-    async def aclose(self) -> None:
-        await self._response.aclose()
-
-
 class AnthropicProvider:
     """Forwards requests to ``base_url`` (the real API, or any Anthropic-compatible server)."""
 
@@ -103,16 +61,14 @@ class AnthropicProvider:
         connect_timeout: float = 10.0,
         first_byte_timeout: float = 600.0,
         idle_timeout: float = 300.0,
-        transport: Literal["aiohttp", "httpx"] = "aiohttp",
+        transport: TransportKind = "aiohttp",
         name: str = "anthropic",
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._first_byte_timeout = first_byte_timeout
-        self._timeouts = httpx.Timeout(connect=connect_timeout, read=idle_timeout, write=idle_timeout,
-                                       pool=connect_timeout).as_dict()
-        self._transport = make_transport(transport)
+        self._transport = make_transport(transport, connect_timeout=connect_timeout, idle_timeout=idle_timeout)
 
     @classmethod
     def from_config(cls, config: Config) -> AnthropicProvider:
@@ -134,36 +90,25 @@ class AnthropicProvider:
             out.append(("x-api-key", self._api_key))
         return out
 
-    async def send(self, request: UpstreamRequest) -> HttpxUpstreamResponse:
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         """Send; return once headers arrived. Error statuses raise the typed error (body read)."""
         url = self.base_url + request.path + (f"?{request.query}" if request.query else "")
-        built = httpx.Request(request.method, url, headers=self.outgoing_headers(request.headers),
-                              content=request.body or None, extensions={"timeout": self._timeouts})
         try:
             async with asyncio.timeout(self._first_byte_timeout):
-                response = await self._transport.handle_async_request(built)
+                response = await self._transport.request(request.method, url,
+                                                         self.outgoing_headers(request.headers), request.body)
         except TimeoutError as exc:
             raise Unreachable(f"no response from {self.base_url} within {self._first_byte_timeout:g}s") from exc
-        except (httpx.TransportError, OSError) as exc:
-            raise Unreachable(f"cannot reach {self.base_url}: {root_cause(exc)}") from exc
-        wrapped = HttpxUpstreamResponse(response)
-        if response.status_code >= 400:
+        if response.status >= 400:
             try:
-                body = await wrapped.aread()
+                body = await response.aread()
             finally:
-                await wrapped.aclose()
-            raise classify(response.status_code, wrapped.headers, body)
-        return wrapped
+                await response.aclose()
+            raise classify(response.status, response.headers, body)
+        return response
 
     async def aclose(self) -> None:
         await self._transport.aclose()
-
-
-def root_cause(exc: BaseException) -> str:
-    """The innermost error's text: the aiohttp transport reports a refused connection as a timeout."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return str(exc) or type(exc).__name__
 
 
 def _decoded(headers: Sequence[tuple[str, str]], body: bytes) -> bytes:
