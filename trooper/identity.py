@@ -54,23 +54,39 @@ def from_metadata(body: Mapping[str, Any]) -> str | None:
 
 
 def derived(body: Mapping[str, Any]) -> str:
-    """A stable id from the system prompt and the first user text (reminders skipped)."""
-    digest = hashlib.blake2b(digest_size=10)
+    """A stable id from the system prompt and the first user text (reminders skipped).
+
+    Each text is hashed by its length, its first and its last :data:`_EDGE` characters, not whole:
+    this runs on every request that names no session, and a 20 KB prompt hashed whole cost more
+    than the rest of session identity together. Two conversations still share an id only if both
+    texts agree in length, head and tail — the id is a best effort for clients that send none.
+    """
+    digest = hashlib.sha256()
     system = body.get("system")
     if isinstance(system, str):
-        digest.update(system.encode("utf-8", "replace"))
+        _update(digest, system)
     elif isinstance(system, list):
         for block in system:
             if isinstance(block, Mapping):
-                digest.update(str(block.get("text", "")).encode("utf-8", "replace"))
+                _update(digest, str(block.get("text", "")))
     digest.update(b"\x00")
     messages = body.get("messages")
     if isinstance(messages, list):
         for message in messages:
             if isinstance(message, Mapping) and message.get("role") == "user":
-                digest.update(_first_text(message.get("content")).encode("utf-8", "replace"))
+                _update(digest, _first_text(message.get("content")))
                 break
-    return "sess_" + digest.hexdigest()
+    return "sess_" + digest.hexdigest()[:20]
+
+
+#: Characters hashed from each end of a long text by :func:`derived`.
+_EDGE = 2048
+
+
+def _update(digest: Any, text: str) -> None:
+    if len(text) > 2 * _EDGE:
+        text = f"{len(text)}\x00{text[:_EDGE]}\x00{text[-_EDGE:]}"
+    digest.update(text.encode("utf-8", "replace"))
 
 
 def _first_text(content: Any) -> str:

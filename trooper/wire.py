@@ -7,7 +7,7 @@ grammar happens in one place.
 
 from __future__ import annotations
 
-import secrets
+import os
 import string
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
@@ -31,19 +31,18 @@ ERROR_STATUS: Final[Mapping[str, int]] = {
 }
 
 _ALPHABET: Final = string.ascii_letters + string.digits
+#: Byte value -> base62 character (``b % 62``). Values 248–255 wrap onto the first eight characters,
+#: a bias of 1/256 that costs an id about 0.03 bits of its ~131: ids must be unique, not secret.
+_BASE62: Final = bytes(ord(_ALPHABET[b % 62]) for b in range(256))
 
 
 def new_id(prefix: str) -> str:
-    """An id shaped like Anthropic's (``msg_01…``, ``toolu_01…``): 24 base62 characters after the prefix.
+    """An id shaped like Anthropic's (``msg_01…``, ``toolu_01…``): 22 base62 characters after ``_01``.
 
-    One ``token_bytes`` call base62-encoded (131 random bits), not one system call per character.
+    22 random bytes mapped through a table in one C call: every request pays for one, and a
+    digit-by-digit base conversion of a big integer cost ten times as much.
     """
-    number = int.from_bytes(secrets.token_bytes(17), "big")
-    chars = []
-    for _ in range(22):
-        number, digit = divmod(number, 62)
-        chars.append(_ALPHABET[digit])
-    return f"{prefix}_01" + "".join(chars)
+    return f"{prefix}_01" + os.urandom(22).translate(_BASE62).decode("ascii")
 
 
 def new_message_id() -> str:
