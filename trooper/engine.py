@@ -51,6 +51,7 @@ from trooper.providers.base import (
     CloudProvider,
     LocalProvider,
     LocalRequest,
+    LowerHeaders,
     Overloaded,
     ProviderError,
     QuotaExhausted,
@@ -216,8 +217,9 @@ class Engine:
         body = parse_body(request.body)
         messages = validate_messages(body)
         marker = self.config.locality.marker
-        controls = read_controls(request.headers, body, marker)
-        session, _source = session_id(request.headers, body)
+        lookup = LowerHeaders.of(request.headers)
+        controls = read_controls(lookup, body, marker)
+        session, _source = session_id(lookup, body)
         stream = body.get("stream") is True
         request_id = new_request_id()
         turn = Turn(session, request_id, body, messages, current_turn_start(messages), controls, stream,
@@ -225,7 +227,7 @@ class Engine:
         self.ledger.refresh()
         await self.memory.prepare()
         continuation = self._continuation_route(messages)
-        health_key = self._health_key(request.headers)
+        health_key = self._health_key(lookup)
         health = self._health.setdefault(health_key, CloudHealth())
         if health.probe_due(self.clock()):
             probe = self._start_probe(health, request.headers, body)
@@ -234,7 +236,7 @@ class Engine:
                 # A turn that runs locally anyway never waits on the cloud.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(probe), self.config.anthropic.probe_timeout + 1)
-        lock = self._locks.setdefault(session, asyncio.Lock())
+        lock = self._locks.get(session) or self._locks.setdefault(session, asyncio.Lock())
         async with lock:
             conv = self._load(session)
             known = health.status if self.local is not None else Health.UP
@@ -353,11 +355,8 @@ class Engine:
         data = self.store.load_conversation(session)
         return conversation_from_dict(data) if data else Conversation(id=session)
 
-    def _health_key(self, headers: Sequence[tuple[str, str]]) -> str:
-        credential = ""
-        for name, value in headers:
-            if name.lower() in ("x-api-key", "authorization"):
-                credential = value
+    def _health_key(self, headers: LowerHeaders) -> str:
+        credential = headers.get("x-api-key") or headers.get("authorization") or ""
         digest = hashlib.blake2b(credential.encode(), digest_size=8).hexdigest()
         return f"{getattr(self.cloud, 'base_url', self.cloud.name)}#{digest}"
 
@@ -765,7 +764,7 @@ def input_tokens(chunk: bytes, sse: bool) -> int | None:
 
 
 def _is_sse(headers: Sequence[tuple[str, str]]) -> bool:
-    return any(k.lower() == "content-type" and "text/event-stream" in v for k, v in headers)
+    return any(len(k) == 12 and k.lower() == "content-type" and "text/event-stream" in v for k, v in headers)
 
 
 def _soon(callback: Callable[..., None], *args: Any) -> None:

@@ -175,10 +175,29 @@ class LocalProvider(Protocol):
 Provider = CloudProvider | LocalProvider
 
 
+class LowerHeaders(dict[str, str]):
+    """Headers keyed by lowercased name, built once per request so each lookup is one dict access.
+
+    A request's headers are looked up half a dozen times (controls, session, credential); scanning
+    and lowercasing the whole list each time was most of what those lookups cost. As with
+    :func:`header`, the first value of a repeated header wins.
+    """
+
+    @classmethod
+    def of(cls, headers: Sequence[tuple[str, str]] | Mapping[str, str]) -> LowerHeaders:
+        items = headers.items() if isinstance(headers, Mapping) else headers
+        out = cls()
+        for key, value in items:
+            out.setdefault(key.lower(), value)
+        return out
+
+
 def header(headers: Sequence[tuple[str, str]] | Mapping[str, str], name: str) -> str | None:
     """Case-insensitive header lookup over a list of pairs or a mapping."""
-    items = headers.items() if isinstance(headers, Mapping) else headers
     lowered = name.lower()
+    if isinstance(headers, LowerHeaders):
+        return headers.get(lowered)
+    items = headers.items() if isinstance(headers, Mapping) else headers
     for key, value in items:
         if key.lower() == lowered:
             return value
