@@ -5,6 +5,7 @@ Every test here talks over real loopback sockets; the fake records the exact byt
 
 from __future__ import annotations
 
+import http.client
 import time
 from collections.abc import Iterator
 
@@ -168,6 +169,26 @@ def test_unknown_fields_and_beta_headers_arrive_verbatim(trooper: Harness, fake_
     assert received.header("x-app") == "cli"
     assert received.header("x-api-key") == API_KEY
     assert received.header("anthropic-version") == "2023-06-01"
+
+
+def test_upstream_gets_the_clients_headers_and_nothing_the_proxy_made_up(trooper: Harness,
+                                                                         fake_cloud: FakeAnthropic) -> None:
+    """No User-Agent, Accept, Accept-Encoding or Content-Type of the HTTP client's own: only the client's."""
+    body = orjson.dumps({"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
+    host, port = trooper.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.putrequest("POST", "/v1/messages", skip_host=False, skip_accept_encoding=True)
+    for name, value in (("x-api-key", API_KEY), ("anthropic-version", "2023-06-01"), ("X-Custom", "a"),
+                        ("X-Custom", "b")):
+        connection.putheader(name, value)
+    connection.putheader("Content-Length", str(len(body)))
+    connection.endheaders(body)
+    assert connection.getresponse().status == 200
+    connection.close()
+    received = fake_cloud.requests[-1]
+    names = sorted(name.lower() for name, _ in received.headers)
+    assert names == ["anthropic-version", "content-length", "host", "x-api-key", "x-custom", "x-custom"]
+    assert [v for k, v in received.headers if k.lower() == "x-custom"] == ["a", "b"]
 
 
 def test_x_force_local_false_never_reaches_the_cloud(client: anthropic.Anthropic, fake_cloud: FakeAnthropic) -> None:
