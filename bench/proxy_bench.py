@@ -303,12 +303,60 @@ class BareRelay:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def serve_upstream(kind: str, port: int, target: str | None = None) -> None:
+class TransportRelay(BareRelay):
+    """The bare relay again, but sending through one of Trooper's client stacks (section 1b).
+
+    Why: the cloud provider's HTTP client is chosen by measurement (DESIGN §8 asks for it to be
+    re-measured before it changes). The relays differ only in the client stack, so their Δs
+    compare the stacks alone, with nothing of Trooper's engine in the way.
+    """
+
+    def __init__(self, upstream: str, kind: str) -> None:
+        super().__init__(upstream)
+        from trooper.providers.transport import make_transport
+
+        self.transport = make_transport(kind, connect_timeout=10.0, idle_timeout=300.0)  # type: ignore[arg-type]
+
+    async def __call__(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http" or scope["path"] == "/":
+            await super().__call__(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in _RELAY_DROP]
+        query = scope.get("query_string", b"").decode("latin-1")
+        url = self.upstream + scope["path"] + (f"?{query}" if query else "")
+        reply = await self.transport.request(scope["method"], url, headers, b"".join(chunks))
+        try:
+            out = [(k.lower().encode(), v.encode()) for k, v in reply.headers
+                   if k.lower().encode() not in _RELAY_DROP or k.lower() == "content-length"]
+            await send({"type": "http.response.start", "status": reply.status, "headers": out})
+            async for chunk in reply.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            await reply.aclose()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+#: Section 1b's relays: target name -> client stack (``bare`` = :class:`BareRelay`).
+STACKS: Final = {"aiohttp (bare)": "bare", "aiohttp": "aiohttp", "httpx-aiohttp": "httpx-aiohttp", "httpx": "httpx"}
+
+
+def serve_upstream(kind: str, port: int, target: str | None = None, stack: str = "bare") -> None:
     """Entry point of the upstream and relay processes: one uvicorn, httptools, uvloop each."""
     import uvicorn
 
     factories: dict[str, Callable[[], Any]] = {
-        "relay": lambda: BareRelay(target or ""),
+        "relay": lambda: BareRelay(target or "") if stack == "bare" else TransportRelay(target or "", stack),
         "fast": FastUpstream,
         "fake-anthropic": fake_anthropic_app,
     }
@@ -968,6 +1016,82 @@ async def measure_proxy(procs: Processes, args: argparse.Namespace) -> ProxyResu
         procs.description,
         len(bodies[False]),
     )
+
+
+# ============================================================================ section 1b
+
+
+async def _stack_rounds(urls: Mapping[str, str], args: argparse.Namespace) -> dict[str, Rounds]:
+    specs = [s for s in scenarios(args.quick) if s.key in ("ns1", "ns16")]
+    body = prompt_body(stream=False)
+    results = {s.key: Rounds() for s in specs}
+    targets = list(urls)
+    print("section 1b: HTTP client stacks as bare relays ...", flush=True)
+    async with LoadGenerator(urls) as load:
+        for spec in specs:
+            for target in targets:
+                await load.run(target, spec, body, n=max(spec.concurrency * 4, spec.n // 5))
+        for number in range(args.rounds):
+            order = targets[number % len(targets) :] + targets[: number % len(targets)]
+            for spec in specs:
+                for target in order:
+                    gc.collect()
+                    results[spec.key].add(target, await load.run(target, spec, body))
+    return results
+
+
+def measure_stacks(args: argparse.Namespace, workdir: Path) -> list[str]:
+    """The cloud provider's HTTP client stacks, each as a bare relay, against the same upstream.
+
+    Same pinning as section 1 (relays on Trooper's CPU, upstream and load generator on the other),
+    same body, interleaved rounds, medians of per-round Δs. It answers one question: what does the
+    client stack alone cost, before any of Trooper's work?
+    """
+    cpus = sorted(os.sched_getaffinity(0) | set(range(os.cpu_count() or 1)))
+    pin = len(cpus) >= 2 and not args.no_pin
+    relay_cpus = {cpus[0]} if pin else None
+    other_cpus = {cpus[1]} if pin else None
+    if other_cpus:
+        os.sched_setaffinity(0, other_cpus)
+    me = str(Path(__file__).resolve())
+    up_port = free_port()
+    upstream = spawn([sys.executable, me, "--serve-upstream", "fast", "--port", str(up_port)], os.environ,
+                     other_cpus, workdir / "stack-upstream.log")
+    urls = {"direct": f"http://127.0.0.1:{up_port}"}
+    procs = [upstream]
+    try:
+        wait_ready(urls["direct"], upstream)
+        for name, stack in STACKS.items():
+            port = free_port()
+            proc = spawn([sys.executable, me, "--serve-upstream", "relay", "--port", str(port), "--relay-to",
+                          urls["direct"], "--relay-stack", stack], os.environ, relay_cpus,
+                         workdir / f"stack-{stack}.log")
+            procs.append(proc)
+            urls[name] = f"http://127.0.0.1:{port}"
+            wait_ready(urls[name], proc)
+        import uvloop
+
+        results = uvloop.run(_stack_rounds(urls, args))
+    finally:
+        for proc in procs:
+            stop(proc)
+    ns1, ns16 = results["ns1"], results["ns16"]
+    rows = [[name, signed_ms(ns1.delta("p50", name)), signed_ms(ns1.delta("p99", name)),
+             f"{ns16.med(name, 'rps'):,.0f}"] for name in STACKS]
+    print(f"\n== 1b. The cloud provider's HTTP client stacks, each as a bare uvicorn relay "
+          f"({args.rounds} interleaved rounds, ~20 KB body, medians) ==")
+    print(f"   direct: p50 {ms(ns1.med('direct', 'p50'))} ms at c=1, {ns16.med('direct', 'rps'):,.0f} req/s at c=16")
+    print(table(["stack", "Δ p50 c=1 ms", "Δ p99 c=1 ms", "req/s c=16"], rows))
+    print("   'aiohttp (bare)' is section 1's reference relay; 'aiohttp' is Trooper's default transport "
+          "(trooper/providers/transport.py); the httpx rows are the anthropic.transport alternatives")
+    return [
+        "| HTTP client stack alone (bare relay), added p50 c=1: "
+        + ", ".join(f"{name} {signed_ms(ns1.delta('p50', name))}" for name in STACKS)
+        + " ms | | | |",
+        "| ... throughput at c=16: "
+        + ", ".join(f"{name} {ns16.med(name, 'rps'):,.0f}" for name in STACKS)
+        + f" req/s (direct {ns16.med('direct', 'rps'):,.0f}) | | | |",
+    ]
 
 
 def ms(seconds: float) -> str:
@@ -1793,6 +1917,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--serve-upstream", choices=("fast", "fake-anthropic", "relay"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--relay-to", help=argparse.SUPPRESS)
+    parser.add_argument("--relay-stack", default="bare", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-stacks",
+        dest="stacks",
+        action="store_false",
+        help="skip section 1b (the HTTP client stacks compared as bare relays)",
+    )
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = 3 if args.quick else 8
@@ -1811,7 +1942,7 @@ def workdir(keep: bool) -> Iterator[Path]:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.serve_upstream:
-        serve_upstream(args.serve_upstream, args.port, args.relay_to)
+        serve_upstream(args.serve_upstream, args.port, args.relay_to, args.relay_stack)
         return
     import uvloop
 
@@ -1836,6 +1967,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 readme += report_proxy(results, args)
             if args.keep_logs:
                 print(f"  logs kept in {tmp}")
+        if args.stacks and not args.only:
+            with workdir(args.keep_logs) as tmp:
+                readme += measure_stacks(args, tmp)
     os.sched_setaffinity(0, all_cpus)  # sections 2 and 3 run unpinned, in this process
     readme += measure_ledger(args)
     readme += measure_conversations(args.conversations)
