@@ -87,7 +87,8 @@ class Harness:
 
     def start(self) -> Harness:
         cloud = AnthropicProvider(self.cloud_url, first_byte_timeout=self.config.anthropic.first_byte_timeout,
-                                  idle_timeout=self.config.anthropic.idle_timeout)
+                                  idle_timeout=self.config.anthropic.idle_timeout,
+                                  transport=self.config.anthropic.transport)
         local = OllamaProvider(self.local_url, first_byte_timeout=self.config.ollama.first_byte_timeout,
                                idle_timeout=self.config.ollama.idle_timeout) if self.local_url else None
         self.engine = Engine(cloud=cloud, local=local, store=self._store, config=self.config)

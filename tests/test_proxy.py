@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import anthropic
+import attrs
 import httpx
 import orjson
 import pytest
@@ -81,6 +82,30 @@ def test_sdk_stream_text_deltas_and_final_message(client: anthropic.Anthropic, f
     assert len(deltas) > 1
     assert final.stop_reason == "end_turn"
     assert final.content[0].type == "text"
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx-aiohttp", "httpx"])
+def test_every_transport_relays_the_same_bytes(fake_cloud: FakeAnthropic, transport: str) -> None:
+    """The three client stacks of ``anthropic.transport`` are interchangeable: same bytes both ways."""
+    config = make_config()
+    config = attrs.evolve(config, anthropic=attrs.evolve(config.anthropic, transport=transport))
+    harness = Harness(config, MemoryStore(), fake_cloud.url, None).start()
+    try:
+        fake_cloud.enqueue(script.text("plain"), script.text("streamed", "twice"))
+        body = orjson.dumps({"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
+        reply = _raw_post(f"{harness.url}/v1/messages", body, **{"anthropic-beta": "x-1"})
+        assert reply.json()["content"][0]["text"] == "plain"
+        assert fake_cloud.requests[-1].body == body
+        assert dict(fake_cloud.requests[-1].headers)["anthropic-beta"] == "x-1"
+        with harness.client().messages.stream(model=MODEL, max_tokens=8,
+                                              messages=[{"role": "user", "content": "go"}]) as stream:
+            assert "".join(stream.text_stream) == "streamedtwice"
+        fake_cloud.enqueue(script.rate_limited(retry_after=3))
+        with pytest.raises(anthropic.RateLimitError) as info:
+            harness.client().messages.create(model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "x"}])
+        assert info.value.response.headers["retry-after"] == "3"
+    finally:
+        harness.stop()
 
 
 def test_sse_is_relayed_as_it_arrives(client: anthropic.Anthropic, fake_cloud: FakeAnthropic) -> None:

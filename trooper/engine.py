@@ -228,7 +228,7 @@ class Engine:
         await self.memory.prepare()
         continuation = self._continuation_route(messages)
         health_key = self._health_key(lookup)
-        health = self._health.setdefault(health_key, CloudHealth())
+        health = self._health.get(health_key) or self._health.setdefault(health_key, CloudHealth())
         if health.probe_due(self.clock()):
             probe = self._start_probe(health, request.headers, body)
             if not controls.force_local and continuation != "local":
