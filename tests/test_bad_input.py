@@ -86,8 +86,10 @@ def _deep(levels: int) -> bytes:
         (orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": []}), {}, 400, "messages"),
         (orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": {"role": "user"}}), {}, 400, "messages"),
         (orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [5]}), {}, 400, "messages.0"),
-        (orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}), {}, 400,
+        (orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "tool", "content": "x"}]}), {}, 400,
          "messages.0.role"),
+        (orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}), {}, 400,
+         "at least one message must have role 'user'"),
         (orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": 7}]}), {}, 400,
          "messages.0.content"),
         (orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": [{"text": "x"}]}]}),
@@ -103,8 +105,8 @@ def _deep(levels: int) -> bytes:
          {}, 400, "100000"),
     ],
     ids=["empty", "truncated", "bad-utf8", "string", "null", "no-messages", "empty-messages", "messages-object",
-         "message-not-object", "bad-role", "content-number", "block-without-type", "x_force_local-int",
-         "force-header", "session-header", "deep-nesting", "too-many-messages"],
+         "message-not-object", "bad-role", "no-user-message", "content-number", "block-without-type",
+         "x_force_local-int", "force-header", "session-header", "deep-nesting", "too-many-messages"],
 )
 def test_each_bad_request_gets_a_named_error(stored: Harness, fake_cloud: FakeAnthropic, body: bytes, *,
                                              headers: dict[str, str], status: int, mentions: str) -> None:

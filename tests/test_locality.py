@@ -272,3 +272,46 @@ def test_session_identity_sources(trooper: Harness) -> None:
     assert derived.startswith("sess_") and session({}, base) == derived
     bad = httpx.post(f"{trooper.url}/v1/messages", json=base, headers={**headers, "X-Trooper-Session": "a b/c"})
     assert bad.status_code == 400 and "x-trooper-session" in bad.json()["error"]["message"]
+
+
+#: What Claude Code 2.1.x sends (observed, shared/reference/claude-code.md): a prompt whose first text block
+#: is a <system-reminder>, and a ``system`` message of environment notes right after the first prompt.
+REMINDER = {"type": "text", "text": "<system-reminder>\nAttribution for git commits goes here.\n</system-reminder>"}
+NOTE = {"role": "system", "content": [{"type": "text", "text": "# Environment\nPrimary working directory: /w"}]}
+
+
+def test_claude_code_system_notes_pass_through_verbatim(trooper: Harness, fake_cloud: FakeAnthropic) -> None:
+    body = orjson.dumps({"model": MODEL, "max_tokens": 64, "stream": False,
+                         "messages": [{"role": "user", "content": [REMINDER, {"type": "text", "text": "say hi"}]},
+                                      NOTE]})
+    reply = httpx.post(f"{trooper.url}/v1/messages?beta=true", content=body, timeout=30,
+                       headers={"x-api-key": API_KEY, "content-type": "application/json",
+                                "anthropic-version": "2023-06-01"})
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["x-trooper-route"] == "cloud"
+    assert fake_cloud.requests[-1].body == body
+
+
+def test_claude_code_marker_before_a_system_note_runs_locally(trooper: Harness, fake_cloud: FakeAnthropic,
+                                                              fake_local: FakeOllama) -> None:
+    """The marker is in the last *user* message even when a system note follows it (Claude Code's first turn)."""
+    secret_prompt, secret_reply = canary("CC-PROMPT"), canary("CC-REPLY")
+    fake_local.enqueue(local_script.Reply(text=f"it is at {secret_reply}"))
+    client = trooper.client(default_headers={"X-Claude-Code-Session-Id": str(uuid.uuid4())})
+    prompt = {"role": "user", "content": [REMINDER, {"type": "text", "text": f"::local where is it? {secret_prompt}"}]}
+    history: Messages = [prompt, NOTE]
+    raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=64, messages=history)  # type: ignore[arg-type]
+    assert raw.headers["x-trooper-route"] == "local" and raw.headers["x-trooper-reason"] == "forced:marker"
+    assert not fake_cloud.requests
+    sent = fake_local.chat_requests()[-1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "system"]  # the note stays where the client put it
+    assert "::local" not in sent[0]["content"] and secret_prompt in sent[0]["content"]
+
+    history = [*_history_with(raw.parse(), history), {"role": "user", "content": "now the cloud, please"}]
+    cloud = client.messages.with_raw_response.create(model=MODEL, max_tokens=64, messages=history)  # type: ignore[arg-type]
+    assert cloud.headers["x-trooper-route"] == "cloud"
+    assert_absent(fake_cloud, secret_prompt, secret_reply)
+    messages = fake_cloud.last_json()["messages"]
+    assert messages[0]["role"] == "user"  # still opens with a user message once the prompt is withheld
+    assert NOTE in messages  # the client's own context is not local content: it is kept
+    assert "now the cloud, please" in orjson.dumps(messages).decode()

@@ -59,6 +59,9 @@ def folded_views(fake: FakeAnthropic) -> tuple[bytes, str, str]:
     return raw, folded, " ".join(" ".join(unescaped).split()).casefold()
 
 
+CC_NOTE: dict[str, Any] = {"role": "system", "content": [{"type": "text", "text": "# Environment\ncwd: /work"}]}
+
+
 class PrivacyMachine(RuleBasedStateMachine):
     """A client session driven at random; local canaries must never reach the fake cloud."""
 
@@ -75,6 +78,8 @@ class PrivacyMachine(RuleBasedStateMachine):
         self.secrets: list[str] = []
         self.cloud_canaries: list[str] = []
         self.session = "s-" + uuid.uuid4().hex[:8]
+        #: Where a Claude-Code-style ``system`` note goes in what is sent (None: no note).
+        self.note_at: str | None = None
         self.tools = [{"name": "read", "description": "read a file",
                        "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}}]
 
@@ -84,6 +89,13 @@ class PrivacyMachine(RuleBasedStateMachine):
 
     def _client(self) -> anthropic.Anthropic:
         return self.harness.client(default_headers={"X-Trooper-Session": self.session})
+
+    def _wire(self) -> list[dict[str, Any]]:
+        """The history as sent: with Claude Code's system note after the first prompt, or at the end."""
+        if self.note_at is None:
+            return self.history
+        at = 1 if self.note_at == "after_first" else len(self.history)
+        return [*self.history[:at], CC_NOTE, *self.history[at:]]
 
     def _append_reply(self, message: anthropic.types.Message) -> None:
         self.history.append({"role": "assistant",
@@ -98,7 +110,7 @@ class PrivacyMachine(RuleBasedStateMachine):
         secret = _canary("C")
         self.cloud_canaries.append(secret)
         self.history.append({"role": "user", "content": f"cloud question {secret}"})
-        raw = self._client().messages.with_raw_response.create(model=MODEL, max_tokens=64, messages=self.history,
+        raw = self._client().messages.with_raw_response.create(model=MODEL, max_tokens=64, messages=self._wire(),
                                                                tools=self.tools)  # type: ignore[arg-type]
         assert raw.headers["x-trooper-route"] == "cloud"
         self._append_reply(raw.parse())
@@ -118,7 +130,7 @@ class PrivacyMachine(RuleBasedStateMachine):
         else:
             extra["extra_headers"] = {"X-Force-Local": "true"}
         self.history.append({"role": "user", "content": text})
-        options: dict[str, Any] = {"model": MODEL, "max_tokens": 2048, "messages": self.history, **extra}
+        options: dict[str, Any] = {"model": MODEL, "max_tokens": 2048, "messages": self._wire(), **extra}
         if thinking:
             options["thinking"] = {"type": "enabled", "budget_tokens": 1024}
         if stream:
@@ -138,13 +150,13 @@ class PrivacyMachine(RuleBasedStateMachine):
         self.local.enqueue(local_script.Reply(text="", tool_calls=[{"name": "read", "arguments": {"path": arg}}]),
                            local_script.Reply(text=f"it says {answer}"))
         self.history.append({"role": "user", "content": f"read it {prompt}"})
-        call = self._client().messages.create(model=MODEL, max_tokens=64, messages=self.history,
+        call = self._client().messages.create(model=MODEL, max_tokens=64, messages=self._wire(),
                                               tools=self.tools, extra_body={"x_force_local": True})  # type: ignore[arg-type]
         self._append_reply(call)
         use = next(block for block in call.content if block.type == "tool_use")
         self.history.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
                                                           "content": f"file body {result}"}]})
-        final = self._client().messages.with_raw_response.create(model=MODEL, max_tokens=64, messages=self.history,
+        final = self._client().messages.with_raw_response.create(model=MODEL, max_tokens=64, messages=self._wire(),
                                                                  tools=self.tools)  # type: ignore[arg-type]
         assert final.headers["x-trooper-route"] == "local"
         self._append_reply(final.parse())
@@ -178,6 +190,11 @@ class PrivacyMachine(RuleBasedStateMachine):
                 kept = [block for block in content if block.get("type") not in ("thinking", "redacted_thinking")]
                 message["content"] = kept or [{"type": "text", "text": "(no text)"}]
         self.history = history
+
+    @rule(where=st.sampled_from([None, "after_first", "end"]))
+    def claude_code_notes(self, where: str | None) -> None:
+        """Claude Code 2.x sends a ``system`` message inside ``messages``; the marker must still be seen."""
+        self.note_at = where
 
     @rule()
     def new_session_id(self) -> None:

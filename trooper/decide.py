@@ -14,7 +14,7 @@ from typing import Any, Literal
 import attrs
 
 from trooper.conversation import LOCAL_STATES, Health, State
-from trooper.ledger import content_blocks, strip_marker
+from trooper.ledger import content_blocks, last_turn_message, strip_marker
 from trooper.providers.base import header
 from trooper.wire import invalid_request
 
@@ -67,7 +67,10 @@ def find_marker(body: Mapping[str, Any], marker: str) -> tuple[int, int] | None:
     messages = body.get("messages")
     if not marker or not isinstance(messages, list) or not messages:
         return None
-    last = messages[-1]
+    position = last_turn_message(messages)  # Claude Code may put a system note after the prompt
+    if position is None:
+        return None
+    last = messages[position]
     if not isinstance(last, Mapping) or last.get("role") != "user":
         return None
     for number, block in enumerate(content_blocks(last)):
@@ -75,7 +78,7 @@ def find_marker(body: Mapping[str, Any], marker: str) -> tuple[int, int] | None:
         if isinstance(block, Mapping) and block.get("type") != "text":
             continue
         if isinstance(text, str) and strip_marker(text, marker) is not None:
-            return len(messages) - 1, number
+            return position, number
     return None
 
 

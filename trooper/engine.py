@@ -33,6 +33,7 @@ from trooper.decide import TROOPER_FIELDS, Controls, Plan, Route, decide, read_c
 from trooper.health import CloudHealth
 from trooper.identity import session_id
 from trooper.ledger import (
+    MESSAGE_ROLES,
     FilterResult,
     Ledger,
     content_blocks,
@@ -518,7 +519,9 @@ class Engine:
             return self._local_failed(turn, headers, cloud_error,
                                       ProviderError("no local provider is configured"))
         marker = self.config.locality.marker if turn.controls.source == "marker" else None
-        prompt_blocks = [block for message in turn.messages[turn.turn_start:] for block in content_blocks(message)]
+        # System notes in ``messages`` are the client's context, like ``system``: not this turn's content.
+        prompt_blocks = [block for message in turn.messages[turn.turn_start:] if message.get("role") != "system"
+                         for block in content_blocks(message)]
         self.ledger.record_local(prompt_blocks, session=turn.session, origin=origin,
                                  shareable=self.config.locality.share_fallback_after_recovery, marker=marker)
         memory = turn.memory
@@ -846,8 +849,8 @@ def validate_messages(body: JSON) -> list[JSON]:
     for position, message in enumerate(messages):
         if not isinstance(message, dict):
             raise invalid_request(f"messages.{position}: must be an object")
-        if message.get("role") not in ("user", "assistant"):
-            raise invalid_request(f"messages.{position}.role: must be 'user' or 'assistant'")
+        if message.get("role") not in MESSAGE_ROLES:
+            raise invalid_request(f"messages.{position}.role: must be 'user', 'assistant' or 'system'")
         content = message.get("content")
         if isinstance(content, list):
             for number, block in enumerate(content):
@@ -855,6 +858,8 @@ def validate_messages(body: JSON) -> list[JSON]:
                     raise invalid_request(f"messages.{position}.content.{number}: must be an object with a type")
         elif not isinstance(content, str):
             raise invalid_request(f"messages.{position}.content: must be a string or a list of blocks")
+    if not any(message["role"] == "user" for message in messages):
+        raise invalid_request("messages: at least one message must have role 'user'")
     return messages
 
 

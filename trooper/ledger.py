@@ -163,6 +163,21 @@ def is_tool_results_only(message: Mapping[str, Any]) -> bool:
     return bool(blocks) and all(isinstance(b, Mapping) and b.get("type") == "tool_result" for b in blocks)
 
 
+#: Roles of the messages a conversation is made of. Claude Code (2.1.x) also sends ``system`` messages
+#: inside ``messages`` (its environment notes, right after the first prompt); those are the client's
+#: context, like the top-level ``system`` field: forwarded as they are, never a turn of their own.
+TURN_ROLES: Final = ("user", "assistant")
+MESSAGE_ROLES: Final = (*TURN_ROLES, "system")
+
+
+def last_turn_message(messages: Sequence[Mapping[str, Any]]) -> int | None:
+    """Index of the last user or assistant message: what a request "ends with", system notes aside."""
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index].get("role") != "system":
+            return index
+    return None
+
+
 def current_turn_start(messages: Sequence[Mapping[str, Any]]) -> int:
     """Index of the user message that began the current turn (the last prompt that is not tool results)."""
     for index in range(len(messages) - 1, -1, -1):
@@ -174,9 +189,10 @@ def current_turn_start(messages: Sequence[Mapping[str, Any]]) -> int:
 
 def continues_tool_loop(messages: Sequence[Mapping[str, Any]]) -> bool:
     """True when the last user message starts with ``tool_result``: the request continues a turn."""
-    if not messages or messages[-1].get("role") != "user":
+    last = last_turn_message(messages)
+    if last is None or messages[last].get("role") != "user":
         return False
-    blocks = content_blocks(messages[-1])
+    blocks = content_blocks(messages[last])
     return bool(blocks) and isinstance(blocks[0], Mapping) and blocks[0].get("type") == "tool_result"
 
 
@@ -401,7 +417,9 @@ def _repair(messages: list[JSON], dropped_uses: set[str], withheld_results: set[
             fixed[position + 1] = {**following, "content": placeholders + content_blocks(following)}
         else:
             fixed.insert(position + 1, {"role": "user", "content": placeholders})
-    if fixed and fixed[0].get("role") == "assistant":
+    # The request must open with a user message, also when what opened it was withheld and the
+    # next survivor is an assistant reply or a system note (Claude Code sends [prompt, note, ...]).
+    if fixed and fixed[0].get("role") != "user":
         fixed.insert(0, {"role": "user", "content": [{"type": "text", "text": "[earlier turns withheld]"}]})
     return fixed
 
