@@ -1,0 +1,118 @@
+"""The real Claude Code CLI through Trooper: a local turn with a tool loop, then a cloud turn.
+
+Claude Code is the client Trooper's users care about most, and it does things no hand-written request
+does (``?beta=true``, a ``system`` message inside ``messages``, its own session header, tool loops it
+runs itself). This test runs its actual binary, from npm, against Trooper on loopback, which talks to
+the fake upstreams. ``.ci/run`` installs the binary; elsewhere install it with::
+
+    npm install --prefix .cache/claude-code @anthropic-ai/claude-code@2.1.332
+
+Nothing may leave the machine: Claude Code's optional traffic is switched off, and its HTTP(S) proxy
+points at a loopback socket that must see no connection by the end.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import Harness
+from trooper.testing import FakeAnthropic, FakeOllama
+from trooper.testing import fake_anthropic as script
+from trooper.testing import fake_ollama as local_script
+
+ROOT = Path(__file__).resolve().parents[1]
+INSTALL = ROOT / ".cache" / "claude-code"
+VERSION = "2.1.332"
+
+
+def _binary() -> Path | None:
+    given = os.environ.get("TROOPER_CLAUDE_CODE")
+    if given:
+        return Path(given)
+    found = sorted(INSTALL.glob("node_modules/@anthropic-ai/claude-code-*/claude"))
+    return found[0] if found else None
+
+
+@pytest.fixture
+def claude() -> Path:
+    binary = _binary()
+    if binary is None or not binary.exists():
+        hint = f"install it: npm install --prefix .cache/claude-code @anthropic-ai/claude-code@{VERSION}"
+        if os.environ.get("TROOPER_REQUIRE_CLAUDE_CODE"):
+            pytest.fail(f"Claude Code is required here but not installed; {hint}")
+        pytest.skip(f"Claude Code is not installed; {hint}")
+    return binary
+
+
+@pytest.fixture
+def dead_proxy() -> Iterator[socket.socket]:
+    """A loopback listener given to Claude Code as its proxy: any non-loopback request would land here."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+def _run(claude: Path, env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([str(claude), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, f"claude {' '.join(args)} exited {done.returncode}: {done.stdout} {done.stderr}"
+    return done
+
+
+def test_claude_code_local_tool_loop_then_cloud_turn(claude: Path, trooper: Harness, fake_cloud: FakeAnthropic, *,
+                                                     fake_local: FakeOllama, dead_proxy: socket.socket,
+                                                     tmp_path: Path) -> None:
+    prompt_secret, tool_secret, reply_secret = (f"CANARY-{k}-{uuid.uuid4().hex[:10]}" for k in ("P", "T", "R"))
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    proxy = f"http://127.0.0.1:{dead_proxy.getsockname()[1]}"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
+        "ANTHROPIC_BASE_URL": trooper.url, "ANTHROPIC_API_KEY": "sk-ant-test-not-a-key",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1",
+        "HTTPS_PROXY": proxy, "HTTP_PROXY": proxy, "NO_PROXY": "127.0.0.1,localhost",
+    }
+
+    # Turn 1, local: the local model asks for a shell command, Claude Code runs it, the model answers.
+    fake_local.enqueue(
+        local_script.Reply(text="", tool_calls=[{"name": "Bash", "arguments": {
+            "command": f"echo {tool_secret}", "description": "print the vault"}}]),
+        local_script.Reply(text=f"The vault is at {reply_secret}."),
+    )
+    first = _run(claude, env, work, "-p", f"::local where is the vault? {prompt_secret}", "--allowedTools", "Bash")
+    assert reply_secret in first.stdout
+    assert not fake_cloud.requests, "a local turn sent something to the cloud"
+    chats = fake_local.chat_requests()
+    assert len(chats) == 2
+    tool_messages = [m for m in chats[1]["messages"] if m["role"] == "tool"]
+    assert tool_messages and tool_secret in tool_messages[0]["content"]  # Claude Code really ran the command
+    assert all("::local" not in str(m.get("content")) for m in chats[0]["messages"])
+
+    # Turn 2, cloud: the same conversation continued; nothing of turn 1 may reach the cloud.
+    fake_cloud.enqueue(script.text("cloud answer, with nothing local in sight"))
+    second = _run(claude, env, work, "-p", "--continue", "and now a cloud question")
+    assert "cloud answer" in second.stdout
+    assert len(fake_cloud.requests) == 1
+    sent = fake_cloud.requests[0]
+    assert (sent.path, sent.query) == ("/v1/messages", "beta=true")
+    received = fake_cloud.received_bytes()
+    for secret in (prompt_secret, tool_secret, reply_secret):
+        assert secret.encode() not in received, f"{secret} reached the cloud"
+    body = orjson.loads(sent.body)
+    assert body["messages"][0]["role"] == "user"
+    assert "and now a cloud question" in orjson.dumps(body["messages"]).decode()
+
+    with pytest.raises(BlockingIOError):
+        dead_proxy.accept()  # nothing tried to leave the machine
