@@ -315,3 +315,40 @@ def test_claude_code_marker_before_a_system_note_runs_locally(trooper: Harness, 
     assert messages[0]["role"] == "user"  # still opens with a user message once the prompt is withheld
     assert NOTE in messages  # the client's own context is not local content: it is kept
     assert "now the cloud, please" in orjson.dumps(messages).decode()
+
+
+@pytest.mark.parametrize("control", ["body", "header", "marker"])
+def test_count_tokens_of_a_local_turn_never_reaches_the_cloud(trooper: Harness, fake_cloud: FakeAnthropic,
+                                                              control: str) -> None:
+    """Counting sends the conversation: a request marked local is estimated by Trooper instead."""
+    secret = canary("COUNT")
+    text = f"::local how long is {secret}?" if control == "marker" else f"how long is {secret}?"
+    kwargs: dict[str, Any] = {}
+    if control == "body":
+        kwargs["extra_body"] = {"x_force_local": True}
+    elif control == "header":
+        kwargs["extra_headers"] = {"X-Force-Local": "true"}
+    raw = trooper.client().messages.with_raw_response.count_tokens(
+        model=MODEL, messages=[{"role": "user", "content": text}], **kwargs)
+    assert raw.headers["x-trooper-estimate"] == "true"
+    assert raw.parse().input_tokens > 0
+    assert not fake_cloud.requests
+    assert_absent(fake_cloud, secret)
+
+
+def test_count_tokens_inside_a_local_conversation_is_estimated(trooper: Harness, fake_cloud: FakeAnthropic,
+                                                               fake_local: FakeOllama) -> None:
+    """Right after a local turn the history is counted here (the egress guard would also refuse it)."""
+    secret = canary("COUNT-STATE")
+    fake_local.enqueue(local_script.Reply(text="local reply"))
+    client = trooper.client(default_headers={"X-Trooper-Session": f"count-{uuid.uuid4().hex[:8]}"})
+    history: Messages = [{"role": "user", "content": "a cloud question first"}]
+    history = _history_with(client.messages.create(model=MODEL, max_tokens=32, messages=history),  # type: ignore[arg-type]
+                            history)
+    history.append({"role": "user", "content": f"::local keep {secret} here"})
+    reply = client.messages.create(model=MODEL, max_tokens=32, messages=history)  # type: ignore[arg-type]
+    history = _history_with(reply, history)
+    fake_cloud.clear()
+    raw = client.messages.with_raw_response.count_tokens(model=MODEL, messages=history)  # type: ignore[arg-type]
+    assert raw.headers["x-trooper-estimate"] == "true"
+    assert not fake_cloud.requests

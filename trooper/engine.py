@@ -605,10 +605,21 @@ class Engine:
     # ---------------------------------------------------------------------------------- other
 
     async def count_tokens(self, request: Incoming) -> Outgoing:
-        """Counted by the cloud on the filtered payload; estimated locally when the cloud cannot."""
+        """Counted by the cloud on the filtered payload; estimated locally when the cloud cannot or may not.
+
+        Counting sends the conversation, so it obeys locality like a turn would: a request carrying a
+        local control, or one in a conversation that is local right now (forced, or inside a local
+        tool loop), is estimated here and never leaves the machine.
+        """
         body = parse_body(request.body)
         messages = validate_messages(body)
+        lookup = LowerHeaders.of(request.headers)
+        controls = read_controls(lookup, body, self.config.locality.marker)
+        session, _source = session_id(lookup, body)
         self.ledger.refresh()
+        if (controls.force_local or self._continuation_route(messages) == "local"
+                or self._load(session).state == "local"):
+            return self._estimate_tokens(body)
         try:
             payload, _ = self.cloud_payload(body, messages, current_turn_start(messages), request.body)
         except TrooperError:
