@@ -305,7 +305,8 @@ def test_unreachable_upstream_is_a_clear_error_not_a_hang() -> None:
 
 
 def test_health_endpoints(trooper: Harness) -> None:
-    assert httpx.head(f"{trooper.url}/").status_code == 200
+    head = httpx.head(f"{trooper.url}/")
+    assert head.status_code == 200 and len(head.headers.get_list("date")) == 1
     health = httpx.get(f"{trooper.url}/").json()
     assert health["status"] == "ok"
     assert API_KEY not in httpx.get(f"{trooper.url}/").text

@@ -127,7 +127,7 @@ class TrooperApp:
             await _send_whole(send, 401, [*_JSON_HEADERS, (b"www-authenticate", b"Bearer")], error_body(
                 "authentication_error", "the admin API needs 'Authorization: Bearer <admin token>'"))
             return
-        await self.admin_app(scope, receive, send)
+        await self.admin_app(scope, receive, _dating(send))
 
     def _authorized(self, scope: Scope) -> bool:
         token = self.config.server.admin_token
@@ -247,6 +247,15 @@ def _not_found(session: str) -> Response:
 
 def _too_large(limit: int) -> TrooperError:
     return TrooperError("request_too_large", f"request body exceeds Trooper's limit of {limit} bytes", status=413)
+
+
+def _dating(send: Send) -> Send:
+    """``send`` that dates the response start (the admin app's responses, as Trooper's own)."""
+    async def dated(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": _dated(list(message.get("headers", [])))}
+        await send(message)
+    return dated
 
 
 async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
