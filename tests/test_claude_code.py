@@ -1,4 +1,4 @@
-"""The real Claude Code CLI through Trooper: a local turn with a tool loop, then a cloud turn.
+"""The real Claude Code CLI through Trooper: a local turn with a tool loop, then cloud turns (one with a tool loop).
 
 Claude Code is the client Trooper's users care about most, and it does things no hand-written request
 does (``?beta=true``, a ``system`` message inside ``messages``, its own session header, tool loops it
@@ -113,6 +113,21 @@ def test_claude_code_local_tool_loop_then_cloud_turn(claude: Path, trooper: Harn
     body = orjson.loads(sent.body)
     assert body["messages"][0]["role"] == "user"
     assert "and now a cloud question" in orjson.dumps(body["messages"]).decode()
+
+    # Turn 3, cloud with a tool loop Claude Code runs: the continuation stays in the cloud.
+    fake_cloud.enqueue(script.tool_use("Bash", {"command": "echo cloud-tool-ran", "description": "print"}),
+                       script.text("cloud saw the tool's output"))
+    chats_before = len(fake_local.chat_requests())
+    third = _run(claude, env, work, "-p", "--continue", "run a command in the cloud", "--allowedTools", "Bash")
+    assert "cloud saw the tool's output" in third.stdout
+    assert len(fake_local.chat_requests()) == chats_before
+    follow_up = orjson.loads(fake_cloud.requests[-1].body)["messages"]
+    results = [b for m in follow_up if isinstance(m["content"], list) for b in m["content"]
+               if b.get("type") == "tool_result"]
+    assert "cloud-tool-ran" in orjson.dumps(results).decode()
+    received = fake_cloud.received_bytes()
+    for secret in (prompt_secret, tool_secret, reply_secret):
+        assert secret.encode() not in received, f"{secret} reached the cloud"
 
     with pytest.raises(BlockingIOError):
         dead_proxy.accept()  # nothing tried to leave the machine
