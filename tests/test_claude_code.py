@@ -70,20 +70,26 @@ def _run(claude: Path, env: dict[str, str], cwd: Path, *args: str) -> subprocess
     return done
 
 
-def test_claude_code_local_tool_loop_then_cloud_turn(claude: Path, trooper: Harness, fake_cloud: FakeAnthropic, *,
-                                                     fake_local: FakeOllama, dead_proxy: socket.socket,
-                                                     tmp_path: Path) -> None:
-    prompt_secret, tool_secret, reply_secret = (f"CANARY-{k}-{uuid.uuid4().hex[:10]}" for k in ("P", "T", "R"))
+def _environment(trooper: Harness, proxy_socket: socket.socket, tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """Claude Code's environment (a fresh HOME, optional traffic off, a dead proxy) and its working folder."""
     home, work = tmp_path / "home", tmp_path / "work"
     home.mkdir()
     work.mkdir()
-    proxy = f"http://127.0.0.1:{dead_proxy.getsockname()[1]}"
+    proxy = f"http://127.0.0.1:{proxy_socket.getsockname()[1]}"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
         "ANTHROPIC_BASE_URL": trooper.url, "ANTHROPIC_API_KEY": "sk-ant-test-not-a-key",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1",
         "HTTPS_PROXY": proxy, "HTTP_PROXY": proxy, "NO_PROXY": "127.0.0.1,localhost",
     }
+    return env, work
+
+
+def test_claude_code_local_tool_loop_then_cloud_turn(claude: Path, trooper: Harness, fake_cloud: FakeAnthropic, *,
+                                                     fake_local: FakeOllama, dead_proxy: socket.socket,
+                                                     tmp_path: Path) -> None:
+    prompt_secret, tool_secret, reply_secret = (f"CANARY-{k}-{uuid.uuid4().hex[:10]}" for k in ("P", "T", "R"))
+    env, work = _environment(trooper, dead_proxy, tmp_path)
 
     # Turn 1, local: the local model asks for a shell command, Claude Code runs it, the model answers.
     fake_local.enqueue(
@@ -131,3 +137,18 @@ def test_claude_code_local_tool_loop_then_cloud_turn(claude: Path, trooper: Harn
 
     with pytest.raises(BlockingIOError):
         dead_proxy.accept()  # nothing tried to leave the machine
+
+
+def test_claude_code_keeps_working_when_the_quota_is_gone(claude: Path, trooper: Harness, fake_cloud: FakeAnthropic,
+                                                          *, fake_local: FakeOllama, dead_proxy: socket.socket,
+                                                          tmp_path: Path) -> None:
+    """A 429 from the cloud: Claude Code gets the local model's answer instead of an error, and exits 0."""
+    env, work = _environment(trooper, dead_proxy, tmp_path)
+    fake_cloud.enqueue(script.rate_limited(retry_after=60))
+    fake_local.enqueue(local_script.Reply(text="answered locally while the quota is out"))
+    done = _run(claude, env, work, "-p", "summarise the plan")
+    assert "answered locally while the quota is out" in done.stdout
+    assert len(fake_cloud.requests) == 1  # Trooper answered; Claude Code had nothing to retry
+    assert trooper.store.audit(trooper.store.list_conversations()[0]["id"])[0]["event"] == "quota_hit"
+    with pytest.raises(BlockingIOError):
+        dead_proxy.accept()
