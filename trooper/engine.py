@@ -103,6 +103,17 @@ class Outgoing:
     stream: AsyncIterator[bytes] | None = None
 
 
+@attrs.frozen
+class _Read:
+    """What :meth:`Engine._read` takes from a request."""
+
+    body: JSON
+    messages: list[JSON]
+    headers: LowerHeaders
+    controls: Controls
+    session: str
+
+
 @attrs.define
 class Turn:
     """Everything about the request in flight; the machine's compaction callback fills ``memory``."""
@@ -214,13 +225,18 @@ class Engine:
 
     # ------------------------------------------------------------------------------- messages
 
-    async def messages(self, request: Incoming) -> Outgoing:
+    def _read(self, request: Incoming) -> _Read:
+        """Body, messages, headers, locality controls and session: read one way for every endpoint."""
         body = parse_body(request.body)
         messages = validate_messages(body)
-        marker = self.config.locality.marker
         lookup = LowerHeaders.of(request.headers)
-        controls = read_controls(lookup, body, marker)
+        controls = read_controls(lookup, body, self.config.locality.marker)
         session, _source = session_id(lookup, body)
+        return _Read(body, messages, lookup, controls, session)
+
+    async def messages(self, request: Incoming) -> Outgoing:
+        read = self._read(request)
+        body, messages, controls, session = read.body, read.messages, read.controls, read.session
         stream = body.get("stream") is True
         request_id = new_request_id()
         turn = Turn(session, request_id, body, messages, current_turn_start(messages), controls, stream,
@@ -228,7 +244,7 @@ class Engine:
         self.ledger.refresh()
         await self.memory.prepare()
         continuation = self._continuation_route(messages)
-        health_key = self._health_key(lookup)
+        health_key = self._health_key(read.headers)
         health = self._health.get(health_key) or self._health.setdefault(health_key, CloudHealth())
         if health.probe_due(self.clock()):
             probe = self._start_probe(health, request.headers, body)
@@ -611,14 +627,11 @@ class Engine:
         local control, or one in a conversation that is local right now (forced, or inside a local
         tool loop), is estimated here and never leaves the machine.
         """
-        body = parse_body(request.body)
-        messages = validate_messages(body)
-        lookup = LowerHeaders.of(request.headers)
-        controls = read_controls(lookup, body, self.config.locality.marker)
-        session, _source = session_id(lookup, body)
+        read = self._read(request)
+        body, messages = read.body, read.messages
         self.ledger.refresh()
-        if (controls.force_local or self._continuation_route(messages) == "local"
-                or self._load(session).state == "local"):
+        if (read.controls.force_local or self._continuation_route(messages) == "local"
+                or self._load(read.session).state == "local"):
             return self._estimate_tokens(body)
         try:
             payload, _ = self.cloud_payload(body, messages, current_turn_start(messages), request.body)
