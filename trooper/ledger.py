@@ -166,8 +166,7 @@ def is_tool_results_only(message: Mapping[str, Any]) -> bool:
 #: Roles of the messages a conversation is made of. Claude Code (2.1.x) also sends ``system`` messages
 #: inside ``messages`` (its environment notes, right after the first prompt); those are the client's
 #: context, like the top-level ``system`` field: forwarded as they are, never a turn of their own.
-TURN_ROLES: Final = ("user", "assistant")
-MESSAGE_ROLES: Final = (*TURN_ROLES, "system")
+MESSAGE_ROLES: Final = ("user", "assistant", "system")
 
 
 def last_turn_message(messages: Sequence[Mapping[str, Any]]) -> int | None:
