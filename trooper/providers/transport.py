@@ -19,8 +19,9 @@ body unread, and the same errors (``Unreachable`` for anything that is not an HT
 
 from __future__ import annotations
 
+import contextlib
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Literal, Protocol
 
 import aiohttp
@@ -62,6 +63,17 @@ def make_transport(kind: TransportKind, *, connect_timeout: float, idle_timeout:
 # ------------------------------------------------------------------------------------- aiohttp
 
 
+@contextlib.contextmanager
+def _aiohttp_body_errors(where: str) -> Iterator[None]:
+    """aiohttp's failures while a body is read, as :class:`Unreachable` (a silence, or a broken link)."""
+    try:
+        yield
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise Unreachable(f"upstream stream stalled: {root_cause(exc)}") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise Unreachable(f"upstream connection broke {where}: {root_cause(exc)}") from exc
+
+
 class AiohttpResponse:
     """An aiohttp response as an :class:`UpstreamResponse`: raw bytes, never decompressed."""
 
@@ -73,21 +85,13 @@ class AiohttpResponse:
         ]
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
-        try:
+        with _aiohttp_body_errors("mid-stream"):
             async for chunk in self._response.content.iter_any():
                 yield chunk
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise Unreachable(f"upstream stream stalled: {root_cause(exc)}") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise Unreachable(f"upstream connection broke mid-stream: {root_cause(exc)}") from exc
 
     async def aread(self) -> bytes:
-        try:
+        with _aiohttp_body_errors("mid-body"):
             return await self._response.read()
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise Unreachable(f"upstream stream stalled: {root_cause(exc)}") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise Unreachable(f"upstream connection broke mid-body: {root_cause(exc)}") from exc
 
     async def aclose(self) -> None:
         # release() keeps the connection only when the body was read to its end; otherwise aiohttp
