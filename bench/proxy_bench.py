@@ -280,6 +280,10 @@ class BareRelay:
                     return
         if scope["type"] != "http":
             return
+        if scope["path"] == "/":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"{}", "more_body": False})
+            return
         chunks = []
         while True:
             message = await receive()
@@ -289,18 +293,21 @@ class BareRelay:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in _RELAY_DROP]
         query = scope.get("query_string", b"").decode("latin-1")
         url = self.upstream + scope["path"] + (f"?{query}" if query else "")
-        if scope["path"] == "/":
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-            await send({"type": "http.response.body", "body": b"{}", "more_body": False})
-            return
-        async with self.session.request(scope["method"], url, data=b"".join(chunks), headers=headers) as reply:
+        await self.relay(scope["method"], url, headers, b"".join(chunks), send)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def relay(
+        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes,
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        """Send upstream; relay status, headers and body chunks (the closing empty chunk is the caller's)."""
+        async with self.session.request(method, url, data=body, headers=headers) as reply:
             out = [(k.lower(), v) for k, v in reply.raw_headers if k.lower() not in _RELAY_DROP]
             if reply.headers.get("content-length") is not None:
                 out.append((b"content-length", reply.headers["content-length"].encode()))
             await send({"type": "http.response.start", "status": reply.status, "headers": out})
             async for chunk in reply.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class TransportRelay(BareRelay):
@@ -317,25 +324,11 @@ class TransportRelay(BareRelay):
 
         self.transport = make_transport(kind, connect_timeout=10.0, idle_timeout=300.0)  # type: ignore[arg-type]
 
-    async def __call__(
-        self,
-        scope: dict[str, Any],
-        receive: Callable[[], Awaitable[dict[str, Any]]],
+    async def relay(
+        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes,
         send: Callable[[dict[str, Any]], Awaitable[None]],
     ) -> None:
-        if scope["type"] != "http" or scope["path"] == "/":
-            await super().__call__(scope, receive, send)
-            return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in _RELAY_DROP]
-        query = scope.get("query_string", b"").decode("latin-1")
-        url = self.upstream + scope["path"] + (f"?{query}" if query else "")
-        reply = await self.transport.request(scope["method"], url, headers, b"".join(chunks))
+        reply = await self.transport.request(method, url, headers, body)
         try:
             out = [(k.lower().encode(), v.encode()) for k, v in reply.headers
                    if k.lower().encode() not in _RELAY_DROP or k.lower() == "content-length"]
@@ -344,7 +337,6 @@ class TransportRelay(BareRelay):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         finally:
             await reply.aclose()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 #: Section 1b's relays: target name -> client stack (``bare`` = :class:`BareRelay`).
@@ -1201,79 +1193,25 @@ def report_proxy(res: ProxyResults, args: argparse.Namespace) -> list[str]:
         return [signed_ms(x.delta(key, "relay"))] if relay else []
 
     relay_head = ["relay Δ"] if relay else []
-    print("\n-- latency, whole response (ms); 'relay Δ' = the bare uvicorn+aiohttp relay's Δ, for scale --")
-    rows = []
-    for key in ("ns1", "ns16", "s1", "s16"):
-        spec, x = res.specs[key], r[key]
-        rows.append(
-            [
-                spec.label,
-                str(spec.concurrency),
-                str(spec.n),
-                ms(x.med("direct", "p50")),
-                ms(x.med("trooper", "p50")),
-                signed_ms(x.delta("p50")),
-                *relay_cols(x, "p50"),
-                ms(x.med("direct", "p99")),
-                ms(x.med("trooper", "p99")),
-                signed_ms(x.delta("p99")),
-                *relay_cols(x, "p99"),
-            ]
-        )
-    print(
-        table(
-            [
-                "scenario",
-                "c",
-                "n/round",
-                "direct p50",
-                "trooper p50",
-                "Δ p50",
-                *[h + " p50" for h in relay_head],
-                "direct p99",
-                "trooper p99",
-                "Δ p99",
-                *[h + " p99" for h in relay_head],
-            ],
-            rows,
-        )
-    )
 
+    def delta_table(keys: Sequence[str], p50: str, p99: str, *, with_n: bool) -> str:
+        """Direct, Trooper and Δ (and the relay's Δ) at p50 and p99 of one statistic, a row per scenario."""
+        rows = []
+        for key in keys:
+            spec, x = res.specs[key], r[key]
+            rows.append([
+                spec.label, str(spec.concurrency), *([str(spec.n)] if with_n else []),
+                *(cell for stat in (p50, p99) for cell in (
+                    ms(x.med("direct", stat)), ms(x.med("trooper", stat)), signed_ms(x.delta(stat)),
+                    *relay_cols(x, stat))),
+            ])
+        heads = [f"{h} {q}" for q in ("p50", "p99") for h in ("direct", "trooper", "Δ", *relay_head)]
+        return table(["scenario", "c", *(["n/round"] if with_n else []), *heads], rows)
+
+    print("\n-- latency, whole response (ms); 'relay Δ' = the bare uvicorn+aiohttp relay's Δ, for scale --")
+    print(delta_table(("ns1", "ns16", "s1", "s16"), "p50", "p99", with_n=True))
     print("\n-- time to first event: first SSE `content_block_delta` seen by the client (ms) --")
-    rows = []
-    for key in ("s1", "s16", "p64"):
-        spec, x = res.specs[key], r[key]
-        rows.append(
-            [
-                spec.label,
-                str(spec.concurrency),
-                ms(x.med("direct", "ttfe50")),
-                ms(x.med("trooper", "ttfe50")),
-                signed_ms(x.delta("ttfe50")),
-                *relay_cols(x, "ttfe50"),
-                ms(x.med("direct", "ttfe99")),
-                ms(x.med("trooper", "ttfe99")),
-                signed_ms(x.delta("ttfe99")),
-                *relay_cols(x, "ttfe99"),
-            ]
-        )
-    print(
-        table(
-            [
-                "scenario",
-                "c",
-                "direct p50",
-                "trooper p50",
-                "Δ p50",
-                *[h + " p50" for h in relay_head],
-                "direct p99",
-                "trooper p99",
-                "Δ p99",
-                *[h + " p99" for h in relay_head],
-            ],
-            rows,
-        )
-    )
+    print(delta_table(("s1", "s16", "p64"), "ttfe50", "ttfe99", with_n=False))
 
     print("\n-- does the added delay grow with stream length? (c=1, one delta per ms, as a model emits them) --")
     print("   transit = upstream's write of a delta → the client's receipt of it (shared monotonic clock), ms p50")
