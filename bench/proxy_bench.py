@@ -85,6 +85,16 @@ def _sse(event: Mapping[str, Any]) -> bytes:
     return b"event: " + str(event["type"]).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
+async def _request_body(receive: Callable[[], Awaitable[dict[str, Any]]]) -> bytes:
+    """The whole ASGI request body (the bench's apps answer only once it is in)."""
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
 class FastUpstream:
     """A minimal Anthropic-shaped upstream: canned bytes, no parsing, no recording.
 
@@ -164,13 +174,7 @@ class FastUpstream:
                     return
         if scope["type"] != "http":
             return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        body = await _request_body(receive)
         if scope["path"] == "/v1/messages/count_tokens":
             await self._whole(send, orjson.dumps({"input_tokens": max(1, len(body) // 4)}))
             return
@@ -284,16 +288,10 @@ class BareRelay:
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
             await send({"type": "http.response.body", "body": b"{}", "more_body": False})
             return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in _RELAY_DROP]
         query = scope.get("query_string", b"").decode("latin-1")
         url = self.upstream + scope["path"] + (f"?{query}" if query else "")
-        await self.relay(scope["method"], url, headers, b"".join(chunks), send)
+        await self.relay(scope["method"], url, headers, await _request_body(receive), send)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def relay(
