@@ -295,7 +295,11 @@ class BareRelay:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def relay(
-        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes,
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
         send: Callable[[dict[str, Any]], Awaitable[None]],
     ) -> None:
         """Send upstream; relay status, headers and body chunks (the closing empty chunk is the caller's)."""
@@ -323,13 +327,20 @@ class TransportRelay(BareRelay):
         self.transport = make_transport(kind, connect_timeout=10.0, idle_timeout=300.0)  # type: ignore[arg-type]
 
     async def relay(
-        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes,
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
         send: Callable[[dict[str, Any]], Awaitable[None]],
     ) -> None:
         reply = await self.transport.request(method, url, headers, body)
         try:
-            out = [(k.lower().encode(), v.encode()) for k, v in reply.headers
-                   if k.lower().encode() not in _RELAY_DROP or k.lower() == "content-length"]
+            out = [
+                (k.lower().encode(), v.encode())
+                for k, v in reply.headers
+                if k.lower().encode() not in _RELAY_DROP or k.lower() == "content-length"
+            ]
             await send({"type": "http.response.start", "status": reply.status, "headers": out})
             async for chunk in reply.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -1045,17 +1056,35 @@ def measure_stacks(args: argparse.Namespace, workdir: Path) -> list[str]:
         os.sched_setaffinity(0, other_cpus)
     me = str(Path(__file__).resolve())
     up_port = free_port()
-    upstream = spawn([sys.executable, me, "--serve-upstream", "fast", "--port", str(up_port)], os.environ,
-                     other_cpus, workdir / "stack-upstream.log")
+    upstream = spawn(
+        [sys.executable, me, "--serve-upstream", "fast", "--port", str(up_port)],
+        os.environ,
+        other_cpus,
+        workdir / "stack-upstream.log",
+    )
     urls = {"direct": f"http://127.0.0.1:{up_port}"}
     procs = [upstream]
     try:
         wait_ready(urls["direct"], upstream)
         for name, stack in STACKS.items():
             port = free_port()
-            proc = spawn([sys.executable, me, "--serve-upstream", "relay", "--port", str(port), "--relay-to",
-                          urls["direct"], "--relay-stack", stack], os.environ, relay_cpus,
-                         workdir / f"stack-{stack}.log")
+            proc = spawn(
+                [
+                    sys.executable,
+                    me,
+                    "--serve-upstream",
+                    "relay",
+                    "--port",
+                    str(port),
+                    "--relay-to",
+                    urls["direct"],
+                    "--relay-stack",
+                    stack,
+                ],
+                os.environ,
+                relay_cpus,
+                workdir / f"stack-{stack}.log",
+            )
             procs.append(proc)
             urls[name] = f"http://127.0.0.1:{port}"
             wait_ready(urls[name], proc)
@@ -1066,14 +1095,20 @@ def measure_stacks(args: argparse.Namespace, workdir: Path) -> list[str]:
         for proc in procs:
             stop(proc)
     ns1, ns16 = results["ns1"], results["ns16"]
-    rows = [[name, signed_ms(ns1.delta("p50", name)), signed_ms(ns1.delta("p99", name)),
-             f"{ns16.med(name, 'rps'):,.0f}"] for name in STACKS]
-    print(f"\n== 1b. The cloud provider's HTTP client stacks, each as a bare uvicorn relay "
-          f"({args.rounds} interleaved rounds, ~20 KB body, medians) ==")
+    rows = [
+        [name, signed_ms(ns1.delta("p50", name)), signed_ms(ns1.delta("p99", name)), f"{ns16.med(name, 'rps'):,.0f}"]
+        for name in STACKS
+    ]
+    print(
+        f"\n== 1b. The cloud provider's HTTP client stacks, each as a bare uvicorn relay "
+        f"({args.rounds} interleaved rounds, ~20 KB body, medians) =="
+    )
     print(f"   direct: p50 {ms(ns1.med('direct', 'p50'))} ms at c=1, {ns16.med('direct', 'rps'):,.0f} req/s at c=16")
     print(table(["stack", "Δ p50 c=1 ms", "Δ p99 c=1 ms", "req/s c=16"], rows))
-    print("   'aiohttp (bare)' is section 1's reference relay; 'aiohttp' is Trooper's default transport "
-          "(trooper/providers/transport.py); the httpx rows are the anthropic.transport alternatives")
+    print(
+        "   'aiohttp (bare)' is section 1's reference relay; 'aiohttp' is Trooper's default transport "
+        "(trooper/providers/transport.py); the httpx rows are the anthropic.transport alternatives"
+    )
     return [
         "| HTTP client stack alone (bare relay), added p50 c=1: "
         + ", ".join(f"{name} {signed_ms(ns1.delta('p50', name))}" for name in STACKS)
@@ -1197,12 +1232,23 @@ def report_proxy(res: ProxyResults, args: argparse.Namespace) -> list[str]:
         rows = []
         for key in keys:
             spec, x = res.specs[key], r[key]
-            rows.append([
-                spec.label, str(spec.concurrency), *([str(spec.n)] if with_n else []),
-                *(cell for stat in (p50, p99) for cell in (
-                    ms(x.med("direct", stat)), ms(x.med("trooper", stat)), signed_ms(x.delta(stat)),
-                    *relay_cols(x, stat))),
-            ])
+            rows.append(
+                [
+                    spec.label,
+                    str(spec.concurrency),
+                    *([str(spec.n)] if with_n else []),
+                    *(
+                        cell
+                        for stat in (p50, p99)
+                        for cell in (
+                            ms(x.med("direct", stat)),
+                            ms(x.med("trooper", stat)),
+                            signed_ms(x.delta(stat)),
+                            *relay_cols(x, stat),
+                        )
+                    ),
+                ]
+            )
         heads = [f"{h} {q}" for q in ("p50", "p99") for h in ("direct", "trooper", "Δ", *relay_head)]
         return table(["scenario", "c", *(["n/round"] if with_n else []), *heads], rows)
 

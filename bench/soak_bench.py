@@ -90,11 +90,13 @@ ROOT: Final = Path(__file__).resolve().parent.parent
 MODEL: Final = "claude-sonnet-4-6"
 LOCAL_MODEL: Final = "qwen3"
 SYSTEM: Final = "You are the soak-test assistant. Answer briefly."
-TOOLS: Final = [{
-    "name": "read_file",
-    "description": "Read a file from the workspace.",
-    "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
-}]
+TOOLS: Final = [
+    {
+        "name": "read_file",
+        "description": "Read a file from the workspace.",
+        "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+    }
+]
 MARKER: Final = "::local"
 
 #: Trooper's own timeouts for the run: small, so a hanging upstream resolves within a request's life.
@@ -115,43 +117,90 @@ STEP_TOKEN: Final = re.compile(r"(?:CnRy[0-9a-f]{12}Qz|StPx[0-9a-f]{12}Qz)")
 #: Local and cloud texts draw on disjoint vocabularies, so the egress guard's shingles (12 words) of
 #: local content can never match a cloud prompt by chance: a guard block here is a real finding.
 LOCAL_WORDS: Final = (
-    "ledger", "quartz", "meadow", "lantern", "cobalt", "harbor", "sprocket", "willow", "ember", "tundra",
-    "basalt", "orchid", "fjord", "marble", "thistle", "copper", "glacier", "juniper", "prism", "saffron",
-    "canyon", "falcon", "velvet", "pylon", "ivory", "cedar",
+    "ledger",
+    "quartz",
+    "meadow",
+    "lantern",
+    "cobalt",
+    "harbor",
+    "sprocket",
+    "willow",
+    "ember",
+    "tundra",
+    "basalt",
+    "orchid",
+    "fjord",
+    "marble",
+    "thistle",
+    "copper",
+    "glacier",
+    "juniper",
+    "prism",
+    "saffron",
+    "canyon",
+    "falcon",
+    "velvet",
+    "pylon",
+    "ivory",
+    "cedar",
 )
 CLOUD_WORDS: Final = (
-    "deploy", "rollback", "service", "latency", "cluster", "region", "replica", "schema", "migrate", "index",
-    "queue", "shard", "throughput", "endpoint", "config", "release", "pipeline", "artifact", "commit",
-    "branch", "review", "incident", "metric", "alert",
+    "deploy",
+    "rollback",
+    "service",
+    "latency",
+    "cluster",
+    "region",
+    "replica",
+    "schema",
+    "migrate",
+    "index",
+    "queue",
+    "shard",
+    "throughput",
+    "endpoint",
+    "config",
+    "release",
+    "pipeline",
+    "artifact",
+    "commit",
+    "branch",
+    "review",
+    "incident",
+    "metric",
+    "alert",
 )
 
 #: (name, weight) of the cloud faults; the step's cloud answer is replaced or broken as named.
 CLOUD_FAULTS: Final[Sequence[tuple[str, float]]] = (
-    ("429 retry-after", 3.0),      # rate_limited(retry_after=1): quota → fallback, recovery after 1 s
-    ("529 once", 3.0),             # overloaded on the first attempt only: Trooper's retry succeeds
-    ("529", 1.5),                  # overloaded on every attempt: retries, then offline fallback
-    ("500", 1.5),                  # server_error on every attempt: same as 529
-    ("credit balance 400", 0.3),   # quota behind a 400, no retry-after: that key is local for 60 s
-    ("hang", 1.0),                 # no status line ever: Trooper's first-byte timeout must fire
-    ("disconnect", 1.5),           # connection closed with no response
+    ("429 retry-after", 3.0),  # rate_limited(retry_after=1): quota → fallback, recovery after 1 s
+    ("529 once", 3.0),  # overloaded on the first attempt only: Trooper's retry succeeds
+    ("529", 1.5),  # overloaded on every attempt: retries, then offline fallback
+    ("500", 1.5),  # server_error on every attempt: same as 529
+    ("credit balance 400", 0.3),  # quota behind a 400, no retry-after: that key is local for 60 s
+    ("hang", 1.0),  # no status line ever: Trooper's first-byte timeout must fire
+    ("disconnect", 1.5),  # connection closed with no response
     ("drop before first event", 1.0),  # 200 + headers, then the connection is cut
-    ("drop mid-stream", 2.0),      # cut after 4 events: SSE error (stream) or fallback (JSON)
-    ("malformed SSE", 1.5),        # garbage between events: relayed verbatim (Trooper never rewrites)
-    ("SSE error event", 1.5),      # the API's own `event: error` after 5 events (stream) or an error status
+    ("drop mid-stream", 2.0),  # cut after 4 events: SSE error (stream) or fallback (JSON)
+    ("malformed SSE", 1.5),  # garbage between events: relayed verbatim (Trooper never rewrites)
+    ("SSE error event", 1.5),  # the API's own `event: error` after 5 events (stream) or an error status
 )
 #: (name, weight) of the local (Ollama) faults; they apply to whatever local call the step makes.
 LOCAL_FAULTS: Final[Sequence[tuple[str, float]]] = (
-    ("error mid-stream", 3.0),     # {"error": …} after 2 lines
-    ("error first line", 1.0),     # {"error": …} as the first line
+    ("error mid-stream", 3.0),  # {"error": …} after 2 lines
+    ("error first line", 1.0),  # {"error": …} as the first line
     ("HTTP 500", 2.0),
-    ("drop mid-stream", 2.0),      # connection cut after 2 lines
-    ("slow", 3.0),                 # 0.3 s before headers, 20 ms between lines
-    ("stall", 1.0),                # headers after 3.5 s: Trooper's local first-byte timeout (2 s) fires
+    ("drop mid-stream", 2.0),  # connection cut after 2 lines
+    ("slow", 3.0),  # 0.3 s before headers, 20 ms between lines
+    ("stall", 1.0),  # headers after 3.5 s: Trooper's local first-byte timeout (2 s) fires
 )
 
 TurnKind = Literal["cloud", "cloud-tool", "local", "local-tool"]
 TURN_KINDS: Final[Sequence[tuple[TurnKind, float]]] = (
-    ("cloud", 0.42), ("cloud-tool", 0.13), ("local", 0.30), ("local-tool", 0.15),
+    ("cloud", 0.42),
+    ("cloud-tool", 0.13),
+    ("local", 0.30),
+    ("local-tool", 0.15),
 )
 MAX_TOOL_ROUNDS: Final = 3
 #: Trooper waits at least 1 s (a 429's retry-after) before probing a credential again, so two probes of
@@ -255,8 +304,9 @@ class CloudScript:
         if plan.local_only:
             self.book.routing_violations.append(plan.token)
         if plan.cloud_reply == "tool":
-            reply = cloud_script.tool_use("read_file", {"path": f"/srv/{plan.cloud_text.split()[0]}.cfg"},
-                                          text="Let me read that file.")
+            reply = cloud_script.tool_use(
+                "read_file", {"path": f"/srv/{plan.cloud_text.split()[0]}.cfg"}, text="Let me read that file."
+            )
         else:
             reply = cloud_script.text(plan.cloud_text)
         fault = plan.cloud_fault
@@ -412,23 +462,30 @@ class TrooperProcess:
         self.store = workdir / "trooper.sqlite3"
         self.log = workdir / "trooper.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("TROOPER_")}
-        env.update({
-            "TROOPER_HOST": "127.0.0.1",
-            "TROOPER_PORT": str(self.port),
-            "TROOPER_CONFIG": str(workdir / "absent.toml"),  # never pick up a trooper.toml from the cwd
-            "TROOPER_STORE": str(self.store),
-            "TROOPER_ANTHROPIC_BASE_URL": cloud_url,
-            "TROOPER_ANTHROPIC_FIRST_BYTE_TIMEOUT": str(CLOUD_FIRST_BYTE_TIMEOUT),
-            "TROOPER_ANTHROPIC_OVERLOAD_BACKOFF": str(OVERLOAD_BACKOFF),
-            "TROOPER_OLLAMA_BASE_URL": local_url,
-            "TROOPER_OLLAMA_MODEL": LOCAL_MODEL,
-            "TROOPER_OLLAMA_FIRST_BYTE_TIMEOUT": str(LOCAL_FIRST_BYTE_TIMEOUT),
-            "TROOPER_OLLAMA_IDLE_TIMEOUT": str(LOCAL_IDLE_TIMEOUT),
-        })
+        env.update(
+            {
+                "TROOPER_HOST": "127.0.0.1",
+                "TROOPER_PORT": str(self.port),
+                "TROOPER_CONFIG": str(workdir / "absent.toml"),  # never pick up a trooper.toml from the cwd
+                "TROOPER_STORE": str(self.store),
+                "TROOPER_ANTHROPIC_BASE_URL": cloud_url,
+                "TROOPER_ANTHROPIC_FIRST_BYTE_TIMEOUT": str(CLOUD_FIRST_BYTE_TIMEOUT),
+                "TROOPER_ANTHROPIC_OVERLOAD_BACKOFF": str(OVERLOAD_BACKOFF),
+                "TROOPER_OLLAMA_BASE_URL": local_url,
+                "TROOPER_OLLAMA_MODEL": LOCAL_MODEL,
+                "TROOPER_OLLAMA_FIRST_BYTE_TIMEOUT": str(LOCAL_FIRST_BYTE_TIMEOUT),
+                "TROOPER_OLLAMA_IDLE_TIMEOUT": str(LOCAL_IDLE_TIMEOUT),
+            }
+        )
         self._log_file = self.log.open("wb")
         self.proc = subprocess.Popen(
-            list(argv) or [sys.executable, "-m", "trooper", "serve"], env=env, cwd=workdir, stdin=subprocess.DEVNULL,
-            stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            list(argv) or [sys.executable, "-m", "trooper", "serve"],
+            env=env,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     @property
@@ -443,8 +500,10 @@ class TrooperProcess:
         while time.monotonic() < deadline:
             if not self.alive():
                 raise RuntimeError(f"Trooper exited with {self.proc.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(OSError, urllib.error.URLError), \
-                    urllib.request.urlopen(f"{self.url}/", timeout=2) as response:
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(f"{self.url}/", timeout=2) as response,
+            ):
                 if response.status == 200:
                     return
             time.sleep(0.1)
@@ -470,8 +529,10 @@ class TrooperProcess:
 
 def ledger_rows(store: Path) -> list[tuple[str, str]]:
     """(fingerprint, kind) of every ledger row, read through a read-only connection (WAL allows it)."""
-    with contextlib.suppress(sqlite3.Error), contextlib.closing(
-            sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)) as db:
+    with (
+        contextlib.suppress(sqlite3.Error),
+        contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)) as db,
+    ):
         return [(str(fp), str(kind)) for fp, kind in db.execute("SELECT fingerprint, kind FROM ledger ORDER BY seq")]
     return []
 
@@ -627,8 +688,9 @@ class Client:
     async def close(self) -> None:
         await self.session.close()
 
-    async def step(self, headers: dict[str, str], body: dict[str, Any], plan: StepPlan,
-                   label: str) -> StepResult | None:
+    async def step(
+        self, headers: dict[str, str], body: dict[str, Any], plan: StepPlan, label: str
+    ) -> StepResult | None:
         """Send one request; None when it hung (client timeout) or the connection failed."""
         payload = orjson.dumps(body)
         stream = body.get("stream") is True
@@ -657,8 +719,9 @@ class Client:
             self.stats.with_sitrep += 1
         return result
 
-    def judge(self, status: int, route: str, reason: str, *, content_type: str, raw: bytes,
-              seconds: float) -> StepResult:
+    def judge(
+        self, status: int, route: str, reason: str, *, content_type: str, raw: bytes, seconds: float
+    ) -> StepResult:
         stats = self.stats
         if status != 200:
             label, kind, message = error_label(status, raw)
@@ -742,7 +805,9 @@ class Simulation:
             if not self.time_left():
                 return
             conv = Conversation(
-                user, f"soak-{self.args.seed}-u{user}-g{generation}", api_key,
+                user,
+                f"soak-{self.args.seed}-u{user}-g{generation}",
+                api_key,
                 "X-Claude-Code-Session-Id" if rng.random() < 0.15 else "X-Trooper-Session",
                 random.Random(f"{self.args.seed}:conv:{user}:{generation}"),
             )
@@ -755,12 +820,21 @@ class Simulation:
                 completed += 1
             self.stats.conversations_complete += completed == self.args.turns
 
-    def plan(self, conv: Conversation, *, local_only: bool, cloud_reply: Literal["text", "tool"] = "text",
-             local_tool: bool = False) -> StepPlan:
+    def plan(
+        self,
+        conv: Conversation,
+        *,
+        local_only: bool,
+        cloud_reply: Literal["text", "tool"] = "text",
+        local_tool: bool = False,
+    ) -> StepPlan:
         rng = conv.rng
         token = canary(conv.session, rng.random()) if local_only else f"StPx{derived(conv.session, rng.random())}Qz"
         plan = StepPlan(
-            token=token, step_id=f"step-{derived(token)}", local_only=local_only, cloud_reply=cloud_reply,
+            token=token,
+            step_id=f"step-{derived(token)}",
+            local_only=local_only,
+            cloud_reply=cloud_reply,
             cloud_fault=pick(rng, CLOUD_FAULTS) if rng.random() < self.args.cloud_fault_rate else None,
             local_tool=local_tool,
             local_fault=pick(rng, LOCAL_FAULTS) if rng.random() < self.args.local_fault_rate else None,
@@ -778,8 +852,12 @@ class Simulation:
         kind: TurnKind = pick(rng, TURN_KINDS)
         self.stats.kinds[kind] += 1
         local = kind in ("local", "local-tool")
-        plan = self.plan(conv, local_only=local, cloud_reply="tool" if kind == "cloud-tool" else "text",
-                         local_tool=kind == "local-tool")
+        plan = self.plan(
+            conv,
+            local_only=local,
+            cloud_reply="tool" if kind == "cloud-tool" else "text",
+            local_tool=kind == "local-tool",
+        )
         control = rng.choices(["body", "header", "marker"], weights=[6, 2, 2])[0] if local else "none"
         vocab = LOCAL_WORDS if local else CLOUD_WORDS
         text = f"{words(rng, vocab, rng.randint(10, 60))} {plan.token} {words(rng, vocab, rng.randint(3, 12))}"
@@ -791,11 +869,19 @@ class Simulation:
             if round_ and not self.time_left():
                 break
             headers = {
-                "content-type": "application/json", "anthropic-version": "2023-06-01", "x-api-key": conv.api_key,
-                conv.session_header: conv.session, "x-soak-step": plan.step_id,
+                "content-type": "application/json",
+                "anthropic-version": "2023-06-01",
+                "x-api-key": conv.api_key,
+                conv.session_header: conv.session,
+                "x-soak-step": plan.step_id,
             }
-            body: dict[str, Any] = {"model": MODEL, "max_tokens": 512, "system": SYSTEM, "tools": TOOLS,
-                                    "messages": self.wire_messages(conv, [*conv.history, *pending])}
+            body: dict[str, Any] = {
+                "model": MODEL,
+                "max_tokens": 512,
+                "system": SYSTEM,
+                "tools": TOOLS,
+                "messages": self.wire_messages(conv, [*conv.history, *pending]),
+            }
             if stream:
                 body["stream"] = True
             elif rng.random() < 0.5:
@@ -819,9 +905,19 @@ class Simulation:
             # The tool loop continues on the route its turn began on (DESIGN §4).
             plan = self.plan(conv, local_only=result.route == "local", local_tool=False)
             vocab = LOCAL_WORDS if result.route == "local" else CLOUD_WORDS
-            pending.append({"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": str(use.get("id")),
-                 "content": f"{words(rng, vocab, rng.randint(8, 30))} {plan.token}"} for use in uses]})
+            pending.append(
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": str(use.get("id")),
+                            "content": f"{words(rng, vocab, rng.randint(8, 30))} {plan.token}",
+                        }
+                        for use in uses
+                    ],
+                }
+            )
         self.stats.turns_failed += 1  # tool rounds exhausted or time ran out mid-loop
 
     @staticmethod
@@ -872,8 +968,9 @@ class RunResult:
     stragglers: int
 
 
-async def sample_rss(pid: int, stats: Stats, *, started: float, samples: list[Sample], stop: asyncio.Event,
-                     every: float = 0.5) -> None:
+async def sample_rss(
+    pid: int, stats: Stats, *, started: float, samples: list[Sample], stop: asyncio.Event, every: float = 0.5
+) -> None:
     while not stop.is_set():
         samples.append(Sample(time.monotonic() - started, stats.responses, rss_kib(pid), cpu_seconds(pid)))
         with contextlib.suppress(TimeoutError):
@@ -914,10 +1011,11 @@ async def run_load(args: argparse.Namespace, trooper: TrooperProcess, book: Book
     samples.append(end)
     warm = next((s for s in samples if s.at >= args.warmup), samples[0])
     end_rows = await asyncio.to_thread(ledger_rows, trooper.store)
-    added = end_rows[len(warm_rows):]
+    added = end_rows[len(warm_rows) :]
     index_bytes = await asyncio.to_thread(index_cost, warm_rows, added)
-    return RunResult(stats, samples, launch_rss, warm, end, wall, len(warm_rows), len(end_rows), index_bytes,
-                     len(pending))
+    return RunResult(
+        stats, samples, launch_rss, warm, end, wall, len(warm_rows), len(end_rows), index_bytes, len(pending)
+    )
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -930,8 +1028,11 @@ def mib(kib: float) -> str:
 def table(rows: Sequence[Sequence[object]], indent: str = "    ") -> str:
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    return "\n".join(indent + "  ".join(c.rjust(w) if c[:1].isdigit() else c.ljust(w)
-                                        for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+    return "\n".join(
+        indent
+        + "  ".join(c.rjust(w) if c[:1].isdigit() else c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    )
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -942,10 +1043,17 @@ def pct(values: Sequence[float], q: float) -> float:
 def tree_state() -> str:
     """The commit measured and whether ``trooper/`` had uncommitted changes (read-only git calls)."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "trooper"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=10, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "trooper"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "commit unknown"
     return f"commit {commit}" + (" (trooper/ has uncommitted changes)" if dirty else "")
@@ -977,10 +1085,13 @@ def scan_leaks(book: Book, cloud: FakeAnthropic) -> Leaks:
     fallback_hits = {t.encode() for t in book.unsent_fallback_prompts if t.encode() in received}
     by_origin = Counter(origins[m] for m in raw_hits | folded_hits)
     by_origin["fallback prompt the cloud never saw"] += len(fallback_hits)
-    examples = [f"{m.decode()} ({origins.get(m, 'fallback prompt the cloud never saw')})"
-                for m in sorted(raw_hits | folded_hits | fallback_hits)[:5]]
-    return Leaks(len(raw_hits) + len(fallback_hits), len(folded_hits) + len(fallback_hits), +by_origin, examples,
-                 len(received))
+    examples = [
+        f"{m.decode()} ({origins.get(m, 'fallback prompt the cloud never saw')})"
+        for m in sorted(raw_hits | folded_hits | fallback_hits)[:5]
+    ]
+    return Leaks(
+        len(raw_hits) + len(fallback_hits), len(folded_hits) + len(fallback_hits), +by_origin, examples, len(received)
+    )
 
 
 def log_findings(trooper: TrooperProcess, api_keys: Sequence[str]) -> dict[str, int]:
@@ -997,16 +1108,26 @@ def log_findings(trooper: TrooperProcess, api_keys: Sequence[str]) -> dict[str, 
     }
 
 
-def report(args: argparse.Namespace, run: RunResult, book: Book, *, cloud: FakeAnthropic, local: FakeOllama,
-           trooper: TrooperProcess, exit_status: int | None) -> int:
+def report(
+    args: argparse.Namespace,
+    run: RunResult,
+    book: Book,
+    *,
+    cloud: FakeAnthropic,
+    local: FakeOllama,
+    trooper: TrooperProcess,
+    exit_status: int | None,
+) -> int:
     """Print the figures and the verdicts; return the exit status (1 only for hung requests or leaks)."""
     stats = run.stats
     print()
-    print(f"Requests served: {stats.responses:,} in {run.wall:.1f} s wall = {stats.responses / run.wall:.1f} req/s "
-          f"({stats.streamed[True]:,} streamed, {stats.streamed[False]:,} not); "
-          f"{stats.conversations:,} conversations ({stats.conversations_complete:,} ran all {args.turns} turns); "
-          f"{stats.turns_ok + stats.turns_failed:,} turns ({stats.turns_ok:,} completed, "
-          f"{stats.turns_failed:,} failed or cut at the deadline)")
+    print(
+        f"Requests served: {stats.responses:,} in {run.wall:.1f} s wall = {stats.responses / run.wall:.1f} req/s "
+        f"({stats.streamed[True]:,} streamed, {stats.streamed[False]:,} not); "
+        f"{stats.conversations:,} conversations ({stats.conversations_complete:,} ran all {args.turns} turns); "
+        f"{stats.turns_ok + stats.turns_failed:,} turns ({stats.turns_ok:,} completed, "
+        f"{stats.turns_failed:,} failed or cut at the deadline)"
+    )
     print("  turn kinds: " + ", ".join(f"{k} {v:,}" for k, v in sorted(stats.kinds.items())))
     print("  by route (x-trooper-route) and status:")
     rows: list[list[object]] = [["route", "status", "count"]]
@@ -1019,23 +1140,28 @@ def report(args: argparse.Namespace, run: RunResult, book: Book, *, cloud: FakeA
     print("  latency by route (whole response read; faults included):")
     lat_rows: list[list[object]] = [["route", "p50 ms", "p99 ms", "max ms"]]
     for route, lat in sorted(stats.latencies.items()):
-        lat_rows.append([route, f"{pct(lat, 0.5) * 1000:.0f}", f"{pct(lat, 0.99) * 1000:.0f}",
-                         f"{max(lat) * 1000:.0f}"])
+        lat_rows.append(
+            [route, f"{pct(lat, 0.5) * 1000:.0f}", f"{pct(lat, 0.99) * 1000:.0f}", f"{max(lat) * 1000:.0f}"]
+        )
     print(table(lat_rows))
     fallbacks = sum(stats.fallbacks.values())
-    print(f"Fallbacks (route=local, reason quota/offline): {fallbacks:,} "
-          f"(quota {stats.fallbacks['quota']:,}, offline {stats.fallbacks['offline']:,}); "
-          f"{stats.fallbacks_ok:,} answered in full by the local model. Local answers built on a compacted "
-          f"memory (x-trooper-memory with a SITREP layer): {stats.with_sitrep:,}")
+    print(
+        f"Fallbacks (route=local, reason quota/offline): {fallbacks:,} "
+        f"(quota {stats.fallbacks['quota']:,}, offline {stats.fallbacks['offline']:,}); "
+        f"{stats.fallbacks_ok:,} answered in full by the local model. Local answers built on a compacted "
+        f"memory (x-trooper-memory with a SITREP layer): {stats.with_sitrep:,}"
+    )
     print("Faults injected (as played by the fakes):")
     print("  cloud: " + ", ".join(f"{k} {v:,}" for k, v in sorted(book.cloud_faults_played.items())))
     print("  local: " + ", ".join(f"{k} {v:,}" for k, v in sorted(book.local_faults_played.items())))
     probe_faults = ", ".join(f"{k} {v:,}" for k, v in sorted(book.probe_faults_played.items()))
-    print(f"  health probes: {book.probes:,} ({probe_faults}); "
-          f"{book.probes_from_local:,} were triggered by a forced-local request, "
-          f"{book.local_waits_on_hanging_probe:,} of those hung (the forced-local turn waited "
-          f"{CLOUD_FIRST_BYTE_TIMEOUT:g} s on a cloud it did not need); {book.probe_herd:,} probes of a key "
-          f"started within {PROBE_HERD_WINDOW:g} s of the previous one")
+    print(
+        f"  health probes: {book.probes:,} ({probe_faults}); "
+        f"{book.probes_from_local:,} were triggered by a forced-local request, "
+        f"{book.local_waits_on_hanging_probe:,} of those hung (the forced-local turn waited "
+        f"{CLOUD_FIRST_BYTE_TIMEOUT:g} s on a cloud it did not need); {book.probe_herd:,} probes of a key "
+        f"started within {PROBE_HERD_WINDOW:g} s of the previous one"
+    )
     print("Errors by kind (what the client saw):")
     if stats.errors:
         print(table([[kind, f"{n:,}"] for kind, n in stats.errors.most_common()]))
@@ -1043,8 +1169,9 @@ def report(args: argparse.Namespace, run: RunResult, book: Book, *, cloud: FakeA
         print("    none")
     keys = sorted({api_key_of(args.seed, user // args.users_per_key) for user in range(args.conversations)})
     findings = log_findings(trooper, keys)
-    anomalies = stats.anomalies + Counter({"routing violation: the cloud got a local-only step":
-                                           len(book.routing_violations)})
+    anomalies = stats.anomalies + Counter(
+        {"routing violation: the cloud got a local-only step": len(book.routing_violations)}
+    )
     anomalies += Counter({f"fake upstream got an unknown step ({k})": v for k, v in book.unknown_steps.items()})
     anomalies += Counter({f"Trooper log: {k}": v for k, v in findings.items() if k != "API keys written to the log"})
     anomalies = +anomalies
@@ -1055,8 +1182,10 @@ def report(args: argparse.Namespace, run: RunResult, book: Book, *, cloud: FakeA
             print(f"    {count:>6,}  {kind}" + (f"  e.g. {sample!r}" if sample else ""))
     else:
         print("    none")
-    print(f"Trooper process: {'still running' if exit_status is None else f'exit status {exit_status}'} at the end; "
-          f"API keys written to its log: {findings.get('API keys written to the log', 0)}")
+    print(
+        f"Trooper process: {'still running' if exit_status is None else f'exit status {exit_status}'} at the end; "
+        f"API keys written to its log: {findings.get('API keys written to the log', 0)}"
+    )
 
     hung = len(stats.hung) + run.stragglers
     print(f"Hung requests (client timeout {args.request_timeout:g} s): {hung}")
@@ -1066,14 +1195,18 @@ def report(args: argparse.Namespace, run: RunResult, book: Book, *, cloud: FakeA
     leaks = scan_leaks(book, cloud)
     ollama_seen = {m.decode() for m in CANARY_RAW.findall(local.received_bytes())}
     reached = len(book.planted_prompt_canaries & ollama_seen)
-    print(f"Leaks: {leaks.total} (raw {leaks.raw}, case-folded {leaks.folded}). Searched for: {len(book.canaries):,} "
-          f"canaries ({len(book.planted_prompt_canaries):,} planted in local prompts and tool results, "
-          f"{len(book.canaries) - len(book.planted_prompt_canaries):,} minted in local replies) and "
-          f"{len(book.unsent_fallback_prompts):,} fallback prompts the cloud never saw; searched in "
-          f"{leaks.scanned / 1e6:.1f} MB the fake Anthropic received over {len(cloud.requests):,} requests")
-    print(f"  the canaries were in play: {reached:,} of the planted ones reached the fake Ollama; "
-          f"{stats.cloud_requests_with_local_history:,} cloud-routed requests carried earlier local content "
-          "in the history they sent to Trooper, all of which had to be withheld")
+    print(
+        f"Leaks: {leaks.total} (raw {leaks.raw}, case-folded {leaks.folded}). Searched for: {len(book.canaries):,} "
+        f"canaries ({len(book.planted_prompt_canaries):,} planted in local prompts and tool results, "
+        f"{len(book.canaries) - len(book.planted_prompt_canaries):,} minted in local replies) and "
+        f"{len(book.unsent_fallback_prompts):,} fallback prompts the cloud never saw; searched in "
+        f"{leaks.scanned / 1e6:.1f} MB the fake Anthropic received over {len(cloud.requests):,} requests"
+    )
+    print(
+        f"  the canaries were in play: {reached:,} of the planted ones reached the fake Ollama; "
+        f"{stats.cloud_requests_with_local_history:,} cloud-routed requests carried earlier local content "
+        "in the history they sent to Trooper, all of which had to be withheld"
+    )
     if leaks.by_origin:
         print("  leaked, by origin: " + ", ".join(f"{k} {v:,}" for k, v in leaks.by_origin.most_common()))
     for example in leaks.examples:
@@ -1088,34 +1221,46 @@ def report(args: argparse.Namespace, run: RunResult, book: Book, *, cloud: FakeA
     first_half = (middle.rss_kib - warm.rss_kib) / 1024 / max(1, middle.responses - warm.responses) * 1000
     second_half = (end.rss_kib - middle.rss_kib) / 1024 / max(1, end.responses - middle.responses) * 1000
     cpu_ms = (end.cpu - warm.cpu) * 1000 / after
-    print(f"Trooper RSS (VmRSS of pid {trooper.pid}): {mib(run.launch_rss)} idle after start, "
-          f"{mib(warm.rss_kib)} after warm-up ({warm.at:.0f} s, {warm.responses:,} requests), "
-          f"{mib(end.rss_kib)} at the end ({end.responses:,} requests); CPU {cpu_ms:.1f} ms per request")
+    print(
+        f"Trooper RSS (VmRSS of pid {trooper.pid}): {mib(run.launch_rss)} idle after start, "
+        f"{mib(warm.rss_kib)} after warm-up ({warm.at:.0f} s, {warm.responses:,} requests), "
+        f"{mib(end.rss_kib)} at the end ({end.responses:,} requests); CPU {cpu_ms:.1f} ms per request"
+    )
     step = max(1, len(run.samples) // 8)
     picked = [*run.samples[:-1:step][:8], run.samples[-1]]
     print("  samples: " + ", ".join(f"{s.at:.0f}s/{s.responses:,}req {mib(s.rss_kib)}" for s in picked))
-    print(f"  growth after warm-up: {growth_kib / 1024:+.1f} MiB over {after:,} requests = "
-          f"{growth_kib / 1024 / after * 1000:+.2f} MiB per 1,000 requests ({first_half:+.2f} in the first half, "
-          f"{second_half:+.2f} in the second)")
+    print(
+        f"  growth after warm-up: {growth_kib / 1024:+.1f} MiB over {after:,} requests = "
+        f"{growth_kib / 1024 / after * 1000:+.2f} MiB per 1,000 requests ({first_half:+.2f} in the first half, "
+        f"{second_half:+.2f} in the second)"
+    )
     added = run.ledger_end - run.ledger_warm
-    print(f"  the provenance ledger's in-memory index (by design, never pruned) took {added:,} "
-          f"entries after warm-up ({run.ledger_warm:,} → {run.ledger_end:,} rows in the store), "
-          f"{index_kib / 1024:.1f} MiB measured; the rest: {net_kib / 1024:+.1f} MiB = "
-          f"{net_kib / 1024 / after * 1000:+.2f} MiB per 1,000 requests")
+    print(
+        f"  the provenance ledger's in-memory index (by design, never pruned) took {added:,} "
+        f"entries after warm-up ({run.ledger_warm:,} → {run.ledger_end:,} rows in the store), "
+        f"{index_kib / 1024:.1f} MiB measured; the rest: {net_kib / 1024:+.1f} MiB = "
+        f"{net_kib / 1024 / after * 1000:+.2f} MiB per 1,000 requests"
+    )
 
     bound_kib = args.rss_bound_mib * 1024
     print()
     print(f"{'PASS' if hung == 0 else 'FAIL'}  hung requests == 0 ({hung})")
     print(f"{'PASS' if leaks.total == 0 else 'FAIL'}  leaks == 0 ({leaks.total})")
-    print(f"{'PASS' if net_kib < bound_kib else 'FAIL'}  RSS growth after warm-up, net of the ledger index, "
-          f"< {args.rss_bound_mib:g} MiB ({net_kib / 1024:+.1f} MiB)")
-    print(f"      why {args.rss_bound_mib:g} MiB: after warm-up the pools, arenas and SQLite's page cache (2 MiB) are "
-          "warm, so what keeps growing is state kept per request or per turn. Over the default run's ~10,000 "
-          "requests the bound allows about 2 KiB each; a cache that must grow past it to plateau should be "
-          "bounded in bytes, not in entries. The ledger index is subtracted because the design keeps it forever "
-          "(DESIGN §6, I5); its cost is printed above.")
-    print(f"{'PASS' if not anomalies else 'FAIL'}  anomalies == 0 ({sum(anomalies.values())}) (informational, "
-          "not in the exit status)")
+    print(
+        f"{'PASS' if net_kib < bound_kib else 'FAIL'}  RSS growth after warm-up, net of the ledger index, "
+        f"< {args.rss_bound_mib:g} MiB ({net_kib / 1024:+.1f} MiB)"
+    )
+    print(
+        f"      why {args.rss_bound_mib:g} MiB: after warm-up the pools, arenas and SQLite's page cache (2 MiB) are "
+        "warm, so what keeps growing is state kept per request or per turn. Over the default run's ~10,000 "
+        "requests the bound allows about 2 KiB each; a cache that must grow past it to plateau should be "
+        "bounded in bytes, not in entries. The ledger index is subtracted because the design keeps it forever "
+        "(DESIGN §6, I5); its cost is printed above."
+    )
+    print(
+        f"{'PASS' if not anomalies else 'FAIL'}  anomalies == 0 ({sum(anomalies.values())}) (informational, "
+        "not in the exit status)"
+    )
     return 1 if hung or leaks.total else 0
 
 
@@ -1124,21 +1269,30 @@ def report(args: argparse.Namespace, run: RunResult, book: Book, *, cloud: FakeA
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--conversations", type=int, default=None,
-                        help="conversations in flight; each user starts a new one after --turns (200; 64 quick)")
+    parser.add_argument(
+        "--conversations",
+        type=int,
+        default=None,
+        help="conversations in flight; each user starts a new one after --turns (200; 64 quick)",
+    )
     parser.add_argument("--turns", type=int, default=8, help="turns per conversation (8)")
     parser.add_argument("--concurrency", type=int, default=None, help="requests in flight at most (32; 16 quick)")
     parser.add_argument("--seconds", type=float, default=None, help="no turn starts after this (50; 12 quick)")
     parser.add_argument("--seed", type=int, default=1, help="seed of every conversation's RNG (1)")
     parser.add_argument("--quick", action="store_true", help="about 15 s instead of about 60 s")
-    parser.add_argument("--users-per-key", type=int, default=2,
-                        help="users sharing one API key, hence one cloud health record (2)")
+    parser.add_argument(
+        "--users-per-key", type=int, default=2, help="users sharing one API key, hence one cloud health record (2)"
+    )
     parser.add_argument("--request-timeout", type=float, default=30.0, help="client timeout; hitting it = HUNG (30)")
     parser.add_argument("--cloud-fault-rate", type=float, default=0.2, help="share of steps with a cloud fault (0.2)")
     parser.add_argument("--local-fault-rate", type=float, default=0.12, help="share of steps with a local fault (0.12)")
     parser.add_argument("--probe-fault-rate", type=float, default=0.3, help="share of health probes that fail (0.3)")
-    parser.add_argument("--rss-bound-mib", type=float, default=20.0,
-                        help="bound on RSS growth after warm-up, net of the ledger index (20)")
+    parser.add_argument(
+        "--rss-bound-mib",
+        type=float,
+        default=20.0,
+        help="bound on RSS growth after warm-up, net of the ledger index (20)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep Trooper's log and store, and print where")
     args = parser.parse_args(argv)
     args.conversations = args.conversations or (64 if args.quick else 200)
@@ -1187,14 +1341,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         exit_status: int | None = None
         try:
             trooper.wait_ready()
-            print(f"Trooper soak — {tree_state()} · seed {args.seed} · {args.conversations} conversations in flight "
-                  f"× {args.turns} turns, {args.users_per_key} users per API key, concurrency {args.concurrency}, "
-                  f"{args.seconds:g} s (warm-up {args.warmup:g} s)")
-            print(f"Trooper pid {trooper.pid}: python -m trooper serve, SQLite store; timeouts: cloud first byte "
-                  f"{CLOUD_FIRST_BYTE_TIMEOUT:g} s, local first byte {LOCAL_FIRST_BYTE_TIMEOUT:g} s, local idle "
-                  f"{LOCAL_IDLE_TIMEOUT:g} s; 529/5xx back-off {OVERLOAD_BACKOFF:g} s. Faults: cloud "
-                  f"{args.cloud_fault_rate:.0%} of steps, local {args.local_fault_rate:.0%}, probes "
-                  f"{args.probe_fault_rate:.0%}. Fake Ollama context {LOCAL_CONTEXT} tokens.")
+            print(
+                f"Trooper soak — {tree_state()} · seed {args.seed} · {args.conversations} conversations in flight "
+                f"× {args.turns} turns, {args.users_per_key} users per API key, concurrency {args.concurrency}, "
+                f"{args.seconds:g} s (warm-up {args.warmup:g} s)"
+            )
+            print(
+                f"Trooper pid {trooper.pid}: python -m trooper serve, SQLite store; timeouts: cloud first byte "
+                f"{CLOUD_FIRST_BYTE_TIMEOUT:g} s, local first byte {LOCAL_FIRST_BYTE_TIMEOUT:g} s, local idle "
+                f"{LOCAL_IDLE_TIMEOUT:g} s; 529/5xx back-off {OVERLOAD_BACKOFF:g} s. Faults: cloud "
+                f"{args.cloud_fault_rate:.0%} of steps, local {args.local_fault_rate:.0%}, probes "
+                f"{args.probe_fault_rate:.0%}. Fake Ollama context {LOCAL_CONTEXT} tokens."
+            )
             sys.stdout.flush()
             with _runner() as runner:
                 run = runner.run(run_load(args, trooper, book))

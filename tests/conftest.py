@@ -86,11 +86,21 @@ class Harness:
         return self.server.url
 
     def start(self) -> Harness:
-        cloud = AnthropicProvider(self.cloud_url, first_byte_timeout=self.config.anthropic.first_byte_timeout,
-                                  idle_timeout=self.config.anthropic.idle_timeout,
-                                  transport=self.config.anthropic.transport)
-        local = OllamaProvider(self.local_url, first_byte_timeout=self.config.ollama.first_byte_timeout,
-                               idle_timeout=self.config.ollama.idle_timeout) if self.local_url else None
+        cloud = AnthropicProvider(
+            self.cloud_url,
+            first_byte_timeout=self.config.anthropic.first_byte_timeout,
+            idle_timeout=self.config.anthropic.idle_timeout,
+            transport=self.config.anthropic.transport,
+        )
+        local = (
+            OllamaProvider(
+                self.local_url,
+                first_byte_timeout=self.config.ollama.first_byte_timeout,
+                idle_timeout=self.config.ollama.idle_timeout,
+            )
+            if self.local_url
+            else None
+        )
         self.engine = Engine(cloud=cloud, local=local, store=self._store, config=self.config)
         self.server = LoopbackServer(create_app(self.config, self.engine), **UVICORN_OPTIONS).start()
         return self
@@ -133,8 +143,7 @@ def trooper(fake_cloud: FakeAnthropic, fake_local: FakeOllama) -> Iterator[Harne
 
 @pytest.fixture
 def sqlite_trooper(fake_cloud: FakeAnthropic, fake_local: FakeOllama, tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(make_config(), SQLiteStore(tmp_path / "trooper.sqlite3"), fake_cloud.url,
-                      fake_local.url).start()
+    harness = Harness(make_config(), SQLiteStore(tmp_path / "trooper.sqlite3"), fake_cloud.url, fake_local.url).start()
     yield harness
     harness.stop()
 

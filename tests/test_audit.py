@@ -39,9 +39,12 @@ class Scenario:
 
 
 def _post(harness: Harness, messages: list[dict[str, Any]], **headers: str) -> httpx.Response:
-    return httpx.post(f"{harness.url}/v1/messages", json={"model": MODEL, "max_tokens": 32, "messages": messages},
-                      headers={"x-api-key": SECRET_KEY, "anthropic-version": "2023-06-01",
-                               "X-Trooper-Session": SESSION, **headers}, timeout=30)
+    return httpx.post(
+        f"{harness.url}/v1/messages",
+        json={"model": MODEL, "max_tokens": 32, "messages": messages},
+        headers={"x-api-key": SECRET_KEY, "anthropic-version": "2023-06-01", "X-Trooper-Session": SESSION, **headers},
+        timeout=30,
+    )
 
 
 @pytest.fixture
@@ -54,16 +57,21 @@ def scenario(fake_cloud: FakeAnthropic, fake_local: FakeOllama, tmp_path: Path) 
     configure_logging("info", stream)
     harness = Harness(config, SQLiteStore(store_path), fake_cloud.url, fake_local.url).start()
     try:
-        fake_local.enqueue(local_script.Reply(text=f"local answer {SECRET_TEXT}"),
-                           local_script.Reply(text="fallback answer"))
+        fake_local.enqueue(
+            local_script.Reply(text=f"local answer {SECRET_TEXT}"), local_script.Reply(text="fallback answer")
+        )
         history: list[dict[str, Any]] = [{"role": "user", "content": "hello cloud"}]
         replies = [_post(harness, history)]
-        history += [{"role": "assistant", "content": "ok"},
-                    {"role": "user", "content": f"where is the vault? {SECRET_TEXT}"}]
+        history += [
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": f"where is the vault? {SECRET_TEXT}"},
+        ]
         replies.append(_post(harness, history, **{"X-Force-Local": "true"}))
         fake_cloud.enqueue(script.rate_limited(retry_after=1))
-        history += [{"role": "assistant", "content": f"local answer {SECRET_TEXT}"},
-                    {"role": "user", "content": "next question"}]
+        history += [
+            {"role": "assistant", "content": f"local answer {SECRET_TEXT}"},
+            {"role": "user", "content": "next question"},
+        ]
         replies.append(_post(harness, history))
         time.sleep(1.1)
         history += [{"role": "assistant", "content": "fallback answer"}, {"role": "user", "content": "and now?"}]
@@ -78,18 +86,30 @@ def scenario(fake_cloud: FakeAnthropic, fake_local: FakeOllama, tmp_path: Path) 
 
 def test_scripted_conversation_produces_exactly_the_expected_trail(scenario: Scenario) -> None:
     assert [(r.headers["x-trooper-route"], r.headers["x-trooper-state"]) for r in scenario.replies] == [
-        ("cloud", "cloud"), ("local", "local"), ("local", "quota_exhausted"), ("cloud", "cloud")]
+        ("cloud", "cloud"),
+        ("local", "local"),
+        ("local", "quota_exhausted"),
+        ("cloud", "cloud"),
+    ]
     trail = scenario.harness.store.audit(SESSION)
     summary = [(e["kind"], e.get("event") or e.get("route")) for e in trail]
     assert summary == [
         ("turn", "cloud"),
-        ("transition", "force_local"), ("turn", "local"),
-        ("transition", "release"), ("transition", "quota_hit"), ("turn", "local"),
-        ("transition", "cloud_recovered"), ("turn", "cloud"),
+        ("transition", "force_local"),
+        ("turn", "local"),
+        ("transition", "release"),
+        ("transition", "quota_hit"),
+        ("turn", "local"),
+        ("transition", "cloud_recovered"),
+        ("turn", "cloud"),
     ]
     transitions = [e for e in trail if e["kind"] == "transition"]
     assert [(e["source"], e["dest"]) for e in transitions] == [
-        ("cloud", "local"), ("local", "cloud"), ("cloud", "quota_exhausted"), ("quota_exhausted", "cloud")]
+        ("cloud", "local"),
+        ("local", "cloud"),
+        ("cloud", "quota_exhausted"),
+        ("quota_exhausted", "cloud"),
+    ]
     assert all(e["request_id"].startswith("req_") and e["at"] > 0 and e["reason"] for e in transitions)
     turns = [e for e in trail if e["kind"] == "turn"]
     assert [t["reason"] for t in turns] == ["default", "forced:header", "quota", "recovered"]
@@ -103,8 +123,12 @@ def test_scripted_conversation_produces_exactly_the_expected_trail(scenario: Sce
     graph = httpx.get(f"{scenario.harness.url}/trooper/sessions/{SESSION}/graph?format=mermaid", headers=auth).text
     assert "Class cloud s_active" in graph
     assert "Class quota_exhausted s_previous" in graph and "Class local s_previous" in graph
-    for edge in ("cloud --> local: force_local ×1", "local --> cloud: release ×1",
-                 "cloud --> quota_exhausted: quota_hit ×1", "quota_exhausted --> cloud: cloud_recovered ×1"):
+    for edge in (
+        "cloud --> local: force_local ×1",
+        "local --> cloud: release ×1",
+        "cloud --> quota_exhausted: quota_hit ×1",
+        "quota_exhausted --> cloud: cloud_recovered ×1",
+    ):
         assert edge in graph
     dot = httpx.get(f"{scenario.harness.url}/trooper/sessions/{SESSION}/graph?format=dot", headers=auth)
     assert dot.status_code == 200 and "digraph" in dot.text
@@ -128,8 +152,16 @@ def test_admin_api(scenario: Scenario) -> None:
     assert httpx.get(f"{url}/trooper/sessions/nope", headers=auth).status_code == 404
 
 
-@pytest.mark.parametrize("path", ["/trooper/sessions", f"/trooper/sessions/{SESSION}", "/trooper/health",
-                                  "/metrics", f"/trooper/sessions/{SESSION}/graph"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/trooper/sessions",
+        f"/trooper/sessions/{SESSION}",
+        "/trooper/health",
+        "/metrics",
+        f"/trooper/sessions/{SESSION}/graph",
+    ],
+)
 def test_admin_routes_need_the_token(scenario: Scenario, path: str) -> None:
     url = scenario.harness.url + path
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
@@ -141,18 +173,36 @@ def test_admin_routes_need_the_token(scenario: Scenario, path: str) -> None:
 
 
 def _cli(*args: str, store: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "trooper", *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "TROOPER_STORE": str(store), "COLUMNS": "200", **env}, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "trooper", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TROOPER_STORE": str(store), "COLUMNS": "200", **env},
+        check=False,
+    )
 
 
 def test_no_credential_or_content_in_logs_audit_admin_or_cli(scenario: Scenario) -> None:
     url, auth = scenario.harness.url, {"Authorization": f"Bearer {TOKEN}"}
     surfaces = {"logs": scenario.logs, "audit": str(scenario.harness.store.audit(SESSION))}
-    for path in ("/trooper/sessions", f"/trooper/sessions/{SESSION}", f"/trooper/sessions/{SESSION}/audit",
-                 "/trooper/health", "/metrics", f"/trooper/sessions/{SESSION}/graph", "/"):
+    for path in (
+        "/trooper/sessions",
+        f"/trooper/sessions/{SESSION}",
+        f"/trooper/sessions/{SESSION}/audit",
+        "/trooper/health",
+        "/metrics",
+        f"/trooper/sessions/{SESSION}/graph",
+        "/",
+    ):
         surfaces[path] = httpx.get(url + path, headers=auth).text
-    for args in (("sessions",), ("session", SESSION), ("audit", "--session", SESSION),
-                 ("audit", "--session", SESSION, "--json"), ("graph", "--session", SESSION)):
+    for args in (
+        ("sessions",),
+        ("session", SESSION),
+        ("audit", "--session", SESSION),
+        ("audit", "--session", SESSION, "--json"),
+        ("graph", "--session", SESSION),
+    ):
         done = _cli(*args, store=scenario.store_path)
         assert done.returncode == 0, done.stderr
         surfaces[" ".join(args)] = done.stdout + done.stderr
@@ -169,8 +219,10 @@ def test_cli_session_output_is_readable(scenario: Scenario) -> None:
     assert done.returncode == 0, done.stderr
     for expected in ("state cloud", "force_local", "quota_hit", "cloud_recovered", "forced:header"):
         assert expected in done.stdout
-    assert _cli("session", "unknown", store=scenario.store_path).stderr.strip() == \
-        "trooper: no stored conversation 'unknown'"
+    assert (
+        _cli("session", "unknown", store=scenario.store_path).stderr.strip()
+        == "trooper: no stored conversation 'unknown'"
+    )
 
 
 def test_retention_never_drops_the_ledger(fake_cloud: FakeAnthropic, fake_local: FakeOllama, tmp_path: Path) -> None:
@@ -212,13 +264,20 @@ def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
 
 
 def test_doctor(fake_cloud: FakeAnthropic, fake_local: FakeOllama, tmp_path: Path) -> None:
-    env = {"TROOPER_ANTHROPIC_BASE_URL": fake_cloud.url, "TROOPER_OLLAMA_BASE_URL": fake_local.url,
-           "TROOPER_OLLAMA_MODEL": "qwen3", "TROOPER_ANTHROPIC_API_KEY": SECRET_KEY}
+    env = {
+        "TROOPER_ANTHROPIC_BASE_URL": fake_cloud.url,
+        "TROOPER_OLLAMA_BASE_URL": fake_local.url,
+        "TROOPER_OLLAMA_MODEL": "qwen3",
+        "TROOPER_ANTHROPIC_API_KEY": SECRET_KEY,
+    }
     done = _cli("doctor", store=tmp_path / "d.sqlite3", **env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "context 32768 tokens" in done.stdout and "FAIL" not in done.stdout
     assert SECRET_KEY not in done.stdout + done.stderr
-    missing = _cli("doctor", store=tmp_path / "d.sqlite3", **{**env, "TROOPER_OLLAMA_MODEL": "nope",
-                                                               "TROOPER_ANTHROPIC_BASE_URL": unused_port_url()})
+    missing = _cli(
+        "doctor",
+        store=tmp_path / "d.sqlite3",
+        **{**env, "TROOPER_OLLAMA_MODEL": "nope", "TROOPER_ANTHROPIC_BASE_URL": unused_port_url()},
+    )
     assert missing.returncode == 1
     assert "ollama pull nope" in missing.stdout and "cannot reach" in missing.stdout

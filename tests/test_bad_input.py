@@ -42,18 +42,29 @@ def assert_anthropic_shape(reply: httpx.Response) -> None:
 def stored(sqlite_trooper: Harness, fake_local: FakeOllama, fake_cloud: FakeAnthropic) -> Iterator[Harness]:
     """A Trooper whose store already holds a local turn with a canary."""
     fake_local.enqueue(local_script.Reply(text=f"stored answer {CANARY}"))
-    reply = post(sqlite_trooper.url, orjson.dumps({
-        "model": MODEL, "max_tokens": 32, "x_force_local": True,
-        "messages": [{"role": "user", "content": f"stored question {CANARY}"}]}),
-        {"X-Trooper-Session": "canary-session"})
+    reply = post(
+        sqlite_trooper.url,
+        orjson.dumps(
+            {
+                "model": MODEL,
+                "max_tokens": 32,
+                "x_force_local": True,
+                "messages": [{"role": "user", "content": f"stored question {CANARY}"}],
+            }
+        ),
+        {"X-Trooper-Session": "canary-session"},
+    )
     assert reply.status_code == 200
     yield sqlite_trooper
 
 
 def snapshot(harness: Harness) -> tuple[Any, int, int]:
     store = harness.store
-    return (store.load_conversation("canary-session"), len(store.ledger_since(0)[0]),
-            len(store.audit("canary-session")))
+    return (
+        store.load_conversation("canary-session"),
+        len(store.ledger_since(0)[0]),
+        len(store.audit("canary-session")),
+    )
 
 
 def assert_canary_intact(harness: Harness, fake_cloud: FakeAnthropic, before: tuple[Any, int, int]) -> None:
@@ -61,9 +72,11 @@ def assert_canary_intact(harness: Harness, fake_cloud: FakeAnthropic, before: tu
     assert harness.store.load_conversation("canary-session") == conversation
     assert len(harness.store.audit("canary-session")) == audit_size
     assert len(harness.store.ledger_since(0)[0]) >= ledger_size
-    history = [{"role": "user", "content": f"stored question {CANARY}"},
-               {"role": "assistant", "content": f"stored answer {CANARY}"},
-               {"role": "user", "content": "a normal cloud turn"}]
+    history = [
+        {"role": "user", "content": f"stored question {CANARY}"},
+        {"role": "assistant", "content": f"stored answer {CANARY}"},
+        {"role": "user", "content": "a normal cloud turn"},
+    ]
     fake_cloud.clear()
     reply = post(harness.url, orjson.dumps({"model": MODEL, "max_tokens": 32, "messages": history}))
     assert reply.status_code == 200, reply.text
@@ -86,30 +99,82 @@ def _deep(levels: int) -> bytes:
         (orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": []}), {}, 400, "messages"),
         (orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": {"role": "user"}}), {}, 400, "messages"),
         (orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [5]}), {}, 400, "messages.0"),
-        (orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "tool", "content": "x"}]}), {}, 400,
-         "messages.0.role"),
-        (orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}), {}, 400,
-         "at least one message must have role 'user'"),
-        (orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": 7}]}), {}, 400,
-         "messages.0.content"),
-        (orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": [{"text": "x"}]}]}),
-         {}, 400, "messages.0.content.0"),
-        (orjson.dumps({"model": MODEL, "max_tokens": 5, "x_force_local": 1,
-                       "messages": [{"role": "user", "content": "x"}]}), {}, 400, "x_force_local"),
-        (orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
-         {"X-Force-Local": "perhaps"}, 400, "X-Force-Local"),
-        (orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
-         {"X-Trooper-Session": "../../etc/passwd"}, 400, "x-trooper-session"),
+        (
+            orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "tool", "content": "x"}]}),
+            {},
+            400,
+            "messages.0.role",
+        ),
+        (
+            orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}),
+            {},
+            400,
+            "at least one message must have role 'user'",
+        ),
+        (
+            orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": 7}]}),
+            {},
+            400,
+            "messages.0.content",
+        ),
+        (
+            orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": [{"text": "x"}]}]}),
+            {},
+            400,
+            "messages.0.content.0",
+        ),
+        (
+            orjson.dumps(
+                {"model": MODEL, "max_tokens": 5, "x_force_local": 1, "messages": [{"role": "user", "content": "x"}]}
+            ),
+            {},
+            400,
+            "x_force_local",
+        ),
+        (
+            orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
+            {"X-Force-Local": "perhaps"},
+            400,
+            "X-Force-Local",
+        ),
+        (
+            orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
+            {"X-Trooper-Session": "../../etc/passwd"},
+            400,
+            "x-trooper-session",
+        ),
         (_deep(5000), {}, 400, "JSON"),
-        (orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}] * 100_001}),
-         {}, 400, "100000"),
+        (
+            orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}] * 100_001}),
+            {},
+            400,
+            "100000",
+        ),
     ],
-    ids=["empty", "truncated", "bad-utf8", "string", "null", "no-messages", "empty-messages", "messages-object",
-         "message-not-object", "bad-role", "no-user-message", "content-number", "block-without-type",
-         "x_force_local-int", "force-header", "session-header", "deep-nesting", "too-many-messages"],
+    ids=[
+        "empty",
+        "truncated",
+        "bad-utf8",
+        "string",
+        "null",
+        "no-messages",
+        "empty-messages",
+        "messages-object",
+        "message-not-object",
+        "bad-role",
+        "no-user-message",
+        "content-number",
+        "block-without-type",
+        "x_force_local-int",
+        "force-header",
+        "session-header",
+        "deep-nesting",
+        "too-many-messages",
+    ],
 )
-def test_each_bad_request_gets_a_named_error(stored: Harness, fake_cloud: FakeAnthropic, body: bytes, *,
-                                             headers: dict[str, str], status: int, mentions: str) -> None:
+def test_each_bad_request_gets_a_named_error(
+    stored: Harness, fake_cloud: FakeAnthropic, body: bytes, *, headers: dict[str, str], status: int, mentions: str
+) -> None:
     before = snapshot(stored)
     fake_cloud.clear()
     reply = post(stored.url, body, headers)
@@ -129,17 +194,59 @@ def test_100000_messages_are_served(stored: Harness, fake_cloud: FakeAnthropic) 
 # ---------------------------------------------------------------------------------------- property
 
 #: Wrong types first: the values a confused client most often sends where Trooper reads.
-wrong_types = st.sampled_from([None, 0, 5, -1, 1.5, True, False, "", "x", [], [5], ["x"], {}, {"x": 1},
-                               [{"type": 5}], [{"type": "text"}], {"type": "text", "text": 5}])
+wrong_types = st.sampled_from(
+    [
+        None,
+        0,
+        5,
+        -1,
+        1.5,
+        True,
+        False,
+        "",
+        "x",
+        [],
+        [5],
+        ["x"],
+        {},
+        {"x": 1},
+        [{"type": 5}],
+        [{"type": "text"}],
+        {"type": "text", "text": 5},
+    ]
+)
 json_values = wrong_types | st.recursive(
     st.none() | st.booleans() | st.integers(-5, 2**40) | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
-BLOCK_FIELDS = ["type", "text", "id", "name", "input", "tool_use_id", "content", "source", "thinking",
-                "signature", "cache_control", "is_error"]
-BODY_FIELDS = ["model", "max_tokens", "messages", "system", "stream", "metadata", "tools", "thinking",
-               "x_force_local", "tool_choice", "temperature"]
+BLOCK_FIELDS = [
+    "type",
+    "text",
+    "id",
+    "name",
+    "input",
+    "tool_use_id",
+    "content",
+    "source",
+    "thinking",
+    "signature",
+    "cache_control",
+    "is_error",
+]
+BODY_FIELDS = [
+    "model",
+    "max_tokens",
+    "messages",
+    "system",
+    "stream",
+    "metadata",
+    "tools",
+    "thinking",
+    "x_force_local",
+    "tool_choice",
+    "temperature",
+]
 
 
 @st.composite
@@ -152,12 +259,15 @@ def malformed_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "aGk="}},
     ]
     body: dict[str, Any] = {
-        "model": MODEL, "max_tokens": 16,
-        "messages": [{"role": "user", "content": "start"},
-                     {"role": "assistant", "content": [blocks[1]]},
-                     {"role": "user", "content": [blocks[2], blocks[0]]},
-                     {"role": "assistant", "content": [blocks[3], {"type": "text", "text": "ok"}]},
-                     {"role": "user", "content": [blocks[4], {"type": "text", "text": "last"}]}],
+        "model": MODEL,
+        "max_tokens": 16,
+        "messages": [
+            {"role": "user", "content": "start"},
+            {"role": "assistant", "content": [blocks[1]]},
+            {"role": "user", "content": [blocks[2], blocks[0]]},
+            {"role": "assistant", "content": [blocks[3], {"type": "text", "text": "ok"}]},
+            {"role": "user", "content": [blocks[4], {"type": "text", "text": "last"}]},
+        ],
         "system": [{"type": "text", "text": "sys"}],
         "metadata": {"user_id": '{"session_id":"abc"}'},
     }
@@ -188,8 +298,9 @@ def malformed_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
     if draw(st.booleans()):
         headers["X-Force-Local"] = draw(st.sampled_from(["true", "false", "maybe", "", "1"]))
     if draw(st.booleans()):
-        headers["X-Trooper-Session"] = draw(st.text(st.characters(min_codepoint=33, max_codepoint=126),
-                                                    min_size=0, max_size=140))
+        headers["X-Trooper-Session"] = draw(
+            st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=0, max_size=140)
+        )
     return raw, headers
 
 

@@ -64,8 +64,9 @@ def dead_proxy() -> Iterator[socket.socket]:
 
 
 def _run(claude: Path, env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([str(claude), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120,
-                          check=False)
+    done = subprocess.run(
+        [str(claude), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, f"claude {' '.join(args)} exited {done.returncode}: {done.stdout} {done.stderr}"
     return done
 
@@ -77,24 +78,40 @@ def _environment(trooper: Harness, proxy_socket: socket.socket, tmp_path: Path) 
     work.mkdir()
     proxy = f"http://127.0.0.1:{proxy_socket.getsockname()[1]}"
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
-        "ANTHROPIC_BASE_URL": trooper.url, "ANTHROPIC_API_KEY": "sk-ant-test-not-a-key",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1",
-        "HTTPS_PROXY": proxy, "HTTP_PROXY": proxy, "NO_PROXY": "127.0.0.1,localhost",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "ANTHROPIC_BASE_URL": trooper.url,
+        "ANTHROPIC_API_KEY": "sk-ant-test-not-a-key",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "HTTPS_PROXY": proxy,
+        "HTTP_PROXY": proxy,
+        "NO_PROXY": "127.0.0.1,localhost",
     }
     return env, work
 
 
-def test_claude_code_local_tool_loop_then_cloud_turn(claude: Path, trooper: Harness, fake_cloud: FakeAnthropic, *,
-                                                     fake_local: FakeOllama, dead_proxy: socket.socket,
-                                                     tmp_path: Path) -> None:
+def test_claude_code_local_tool_loop_then_cloud_turn(
+    claude: Path,
+    trooper: Harness,
+    fake_cloud: FakeAnthropic,
+    *,
+    fake_local: FakeOllama,
+    dead_proxy: socket.socket,
+    tmp_path: Path,
+) -> None:
     prompt_secret, tool_secret, reply_secret = (f"CANARY-{k}-{uuid.uuid4().hex[:10]}" for k in ("P", "T", "R"))
     env, work = _environment(trooper, dead_proxy, tmp_path)
 
     # Turn 1, local: the local model asks for a shell command, Claude Code runs it, the model answers.
     fake_local.enqueue(
-        local_script.Reply(text="", tool_calls=[{"name": "Bash", "arguments": {
-            "command": f"echo {tool_secret}", "description": "print the vault"}}]),
+        local_script.Reply(
+            text="",
+            tool_calls=[
+                {"name": "Bash", "arguments": {"command": f"echo {tool_secret}", "description": "print the vault"}}
+            ],
+        ),
         local_script.Reply(text=f"The vault is at {reply_secret}."),
     )
     first = _run(claude, env, work, "-p", f"::local where is the vault? {prompt_secret}", "--allowedTools", "Bash")
@@ -121,15 +138,18 @@ def test_claude_code_local_tool_loop_then_cloud_turn(claude: Path, trooper: Harn
     assert "and now a cloud question" in orjson.dumps(body["messages"]).decode()
 
     # Turn 3, cloud with a tool loop Claude Code runs: the continuation stays in the cloud.
-    fake_cloud.enqueue(script.tool_use("Bash", {"command": "echo cloud-tool-ran", "description": "print"}),
-                       script.text("cloud saw the tool's output"))
+    fake_cloud.enqueue(
+        script.tool_use("Bash", {"command": "echo cloud-tool-ran", "description": "print"}),
+        script.text("cloud saw the tool's output"),
+    )
     chats_before = len(fake_local.chat_requests())
     third = _run(claude, env, work, "-p", "--continue", "run a command in the cloud", "--allowedTools", "Bash")
     assert "cloud saw the tool's output" in third.stdout
     assert len(fake_local.chat_requests()) == chats_before
     follow_up = orjson.loads(fake_cloud.requests[-1].body)["messages"]
-    results = [b for m in follow_up if isinstance(m["content"], list) for b in m["content"]
-               if b.get("type") == "tool_result"]
+    results = [
+        b for m in follow_up if isinstance(m["content"], list) for b in m["content"] if b.get("type") == "tool_result"
+    ]
     assert "cloud-tool-ran" in orjson.dumps(results).decode()
     received = fake_cloud.received_bytes()
     for secret in (prompt_secret, tool_secret, reply_secret):
@@ -139,9 +159,15 @@ def test_claude_code_local_tool_loop_then_cloud_turn(claude: Path, trooper: Harn
         dead_proxy.accept()  # nothing tried to leave the machine
 
 
-def test_claude_code_keeps_working_when_the_quota_is_gone(claude: Path, trooper: Harness, fake_cloud: FakeAnthropic,
-                                                          *, fake_local: FakeOllama, dead_proxy: socket.socket,
-                                                          tmp_path: Path) -> None:
+def test_claude_code_keeps_working_when_the_quota_is_gone(
+    claude: Path,
+    trooper: Harness,
+    fake_cloud: FakeAnthropic,
+    *,
+    fake_local: FakeOllama,
+    dead_proxy: socket.socket,
+    tmp_path: Path,
+) -> None:
     """A 429 from the cloud: Claude Code gets the local model's answer instead of an error, and exits 0."""
     env, work = _environment(trooper, dead_proxy, tmp_path)
     fake_cloud.enqueue(script.rate_limited(retry_after=60))

@@ -73,8 +73,15 @@ def test_bad_settings_name_the_setting(tmp_path: Path, toml: str, env: dict[str,
 
 def test_cli_reports_a_bad_setting_in_one_line_without_traceback(tmp_path: Path) -> None:
     env = {"PATH": "", "HOME": str(tmp_path), "TROOPER_PORT": "not-a-port"}
-    done = subprocess.run([sys.executable, "-m", "trooper", "serve"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "trooper", "serve"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert lines == ["trooper: bad setting server.port (from TROOPER_PORT): expected a number, got 'not-a-port'"]

@@ -70,15 +70,17 @@ def client(fake: FakeAnthropic) -> Iterator[anthropic.Anthropic]:
 
 def create(client: anthropic.Anthropic, **kwargs: Any) -> dict[str, Any]:
     """A non-streamed call, as a plain dict (the SDK's block union is awkward to index)."""
-    message: anthropic.types.Message = client.messages.create(model=MODEL, max_tokens=kwargs.pop("max_tokens", 64),
-                                                              messages=kwargs.pop("messages", HELLO), **kwargs)
+    message: anthropic.types.Message = client.messages.create(
+        model=MODEL, max_tokens=kwargs.pop("max_tokens", 64), messages=kwargs.pop("messages", HELLO), **kwargs
+    )
     return message.model_dump()
 
 
 def streamed(client: anthropic.Anthropic, **kwargs: Any) -> dict[str, Any]:
     """A streamed call through the SDK's accumulator, as a plain dict."""
-    with client.messages.stream(model=MODEL, max_tokens=kwargs.pop("max_tokens", 64),
-                                messages=kwargs.pop("messages", HELLO), **kwargs) as stream:
+    with client.messages.stream(
+        model=MODEL, max_tokens=kwargs.pop("max_tokens", 64), messages=kwargs.pop("messages", HELLO), **kwargs
+    ) as stream:
         return stream.get_final_message().model_dump()
 
 
@@ -103,15 +105,20 @@ def test_default_reply_is_ok_with_real_message_shape(fake: FakeAnthropic, client
     assert message["id"].startswith("msg_01") and len(message["id"]) == len("msg_01") + 22
     assert message["content"] == [{"type": "text", "text": "ok", "citations": None}]
     assert (message["model"], message["role"], message["stop_reason"], message["stop_sequence"]) == (
-        MODEL, "assistant", "end_turn", None)
+        MODEL,
+        "assistant",
+        "end_turn",
+        None,
+    )
     usage = message["usage"]
     assert usage["input_tokens"] == estimate_tokens({"messages": HELLO})
     assert usage["output_tokens"] >= 1 and usage["cache_read_input_tokens"] == 0
     assert usage["service_tier"] == "standard"
 
 
-def test_describe_summarises_the_request(fake: FakeAnthropic, client: anthropic.Anthropic,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_describe_summarises_the_request(
+    fake: FakeAnthropic, client: anthropic.Anthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(fake, "describe", True)
     history = [*HELLO, {"role": "assistant", "content": "hi"}, {"role": "user", "content": "what is 2+2?"}]
     assert first_text(create(client, messages=history)) == f"ok [model={MODEL} messages=3 last_user='what is 2+2?']"
@@ -123,7 +130,10 @@ def test_scripts_are_consumed_in_order_then_default(fake: FakeAnthropic, client:
     second = create(client)
     assert [block["text"] for block in second["content"]] == ["two", "three"]
     assert (second["stop_reason"], second["usage"]["input_tokens"], second["usage"]["output_tokens"]) == (
-        "max_tokens", 7, 9)
+        "max_tokens",
+        7,
+        9,
+    )
     assert fake.pending == 0
     assert first_text(create(client)) == "ok"
     fake.default = overloaded()
@@ -155,23 +165,29 @@ def test_tool_use(fake: FakeAnthropic, client: anthropic.Anthropic, call: Call) 
     assert block["id"].startswith("toolu_01")
     assert (block["type"], block["name"], block["input"]) == ("tool_use", "get_weather", arguments)
     assert [(b["type"], b["id"], b["name"], b["input"]) for b in fixed["content"]] == [
-        ("tool_use", "toolu_fixed", "noop", {})]
+        ("tool_use", "toolu_fixed", "noop", {})
+    ]
 
 
 @pytest.mark.parametrize("call", [create, streamed])
 def test_thinking_signature_and_redacted_thinking_survive(
     fake: FakeAnthropic, client: anthropic.Anthropic, call: Call
 ) -> None:
-    fake.enqueue(thinking("Considering the question at some length.", "42", signature="sig-EqQBCgIYAhIM"),
-                 redacted_thinking("opaque-data", "done"))
-    signed, redacted = (call(client, max_tokens=4096, thinking={"type": "enabled", "budget_tokens": 2048})
-                        for _ in range(2))
+    fake.enqueue(
+        thinking("Considering the question at some length.", "42", signature="sig-EqQBCgIYAhIM"),
+        redacted_thinking("opaque-data", "done"),
+    )
+    signed, redacted = (
+        call(client, max_tokens=4096, thinking={"type": "enabled", "budget_tokens": 2048}) for _ in range(2)
+    )
     assert [(b["type"], b.get("thinking"), b.get("signature"), b.get("text")) for b in signed["content"]] == [
         ("thinking", "Considering the question at some length.", "sig-EqQBCgIYAhIM", None),
         ("text", None, None, "42"),
     ]
     assert [(b["type"], b.get("data"), b.get("text")) for b in redacted["content"]] == [
-        ("redacted_thinking", "opaque-data", None), ("text", None, "done")]
+        ("redacted_thinking", "opaque-data", None),
+        ("text", None, "done"),
+    ]
 
 
 def test_callable_script_sees_the_request(fake: FakeAnthropic, client: anthropic.Anthropic) -> None:
@@ -189,8 +205,16 @@ def test_callable_script_sees_the_request(fake: FakeAnthropic, client: anthropic
 
 
 def test_sse_grammar_byte_for_byte(fake: FakeAnthropic) -> None:
-    fake.enqueue(Reply([Thinking("hmm, thinking about the weather", "c2lnbmF0dXJl"), Text("Checking the weather."),
-                        ToolUse("get_weather", {"city": "Paris, France"})], stop_reason="tool_use"))
+    fake.enqueue(
+        Reply(
+            [
+                Thinking("hmm, thinking about the weather", "c2lnbmF0dXJl"),
+                Text("Checking the weather."),
+                ToolUse("get_weather", {"city": "Paris, France"}),
+            ],
+            stop_reason="tool_use",
+        )
+    )
     body = {"model": MODEL, "max_tokens": 64, "messages": HELLO, "stream": True}
     with httpx.stream("POST", f"{fake.url}/v1/messages", json=body) as response:
         assert response.status_code == 200
@@ -244,15 +268,23 @@ def test_header_delay(fake: FakeAnthropic, client: anthropic.Anthropic) -> None:
 
 
 def test_records_method_path_query_headers_and_raw_body(fake: FakeAnthropic, client: anthropic.Anthropic) -> None:
-    client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "canary-7f3a"}],
-                           extra_query={"beta": "true"}, extra_headers={"anthropic-beta": "b1,b2"})
+    client.messages.create(
+        model=MODEL,
+        max_tokens=64,
+        messages=[{"role": "user", "content": "canary-7f3a"}],
+        extra_query={"beta": "true"},
+        extra_headers={"anthropic-beta": "b1,b2"},
+    )
     (request,) = fake.requests
     assert (request.method, request.path, request.query) == ("POST", "/v1/messages", "beta=true")
     assert "sk-ant-test" in (request.header("X-Api-Key") or request.header("Authorization") or "")
     assert request.header("anthropic-version")
     assert ("anthropic-beta", "b1,b2") in request.headers
-    assert request.json() == fake.last_json() == {
-        "max_tokens": 64, "messages": [{"role": "user", "content": "canary-7f3a"}], "model": MODEL}
+    assert (
+        request.json()
+        == fake.last_json()
+        == {"max_tokens": 64, "messages": [{"role": "user", "content": "canary-7f3a"}], "model": MODEL}
+    )
     assert b"canary-7f3a" in fake.received_bytes() and b"sk-ant-test" in fake.received_bytes()
     raw_body = b'{"model": "m",   "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}'
     httpx.post(f"{fake.url}/v1/messages", content=raw_body, headers={"x-probe": "header-canary"})
@@ -267,8 +299,11 @@ def test_other_routes(fake: FakeAnthropic, client: anthropic.Anthropic) -> None:
     assert httpx.get(f"{fake.url}/").status_code == 200
     missing = httpx.get(f"{fake.url}/v1/nothing-here")
     assert missing.status_code == 404
-    assert missing.json() == {"type": "error", "error": {"type": "not_found_error", "message": "Not Found"},
-                              "request_id": missing.headers["request-id"]}
+    assert missing.json() == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "Not Found"},
+        "request_id": missing.headers["request-id"],
+    }
     assert [r.path for r in fake.requests] == ["/", "/", "/v1/nothing-here"]
 
 
@@ -323,7 +358,9 @@ ERRORS = [
 @pytest.mark.parametrize("case", ERRORS, ids=[f"{e[0].status}-{e[0].message[:20]}" for e in ERRORS])
 @pytest.mark.parametrize("call", [create, streamed])
 def test_errors_surface_as_typed_sdk_exceptions(
-    fake: FakeAnthropic, client: anthropic.Anthropic, call: Call,
+    fake: FakeAnthropic,
+    client: anthropic.Anthropic,
+    call: Call,
     case: tuple[ErrorReply, type[anthropic.APIStatusError], str],
 ) -> None:
     script, exception, error_type = case
@@ -334,8 +371,11 @@ def test_errors_surface_as_typed_sdk_exceptions(
     request_id = error.response.headers["request-id"]
     assert error.status_code == script.status and request_id.startswith("req_01") and error.request_id == request_id
     details = {"details": dict(script.details)} if script.details else {}
-    assert error.body == {"type": "error", "error": {"type": error_type, "message": script.message, **details},
-                          "request_id": request_id}
+    assert error.body == {
+        "type": "error",
+        "error": {"type": error_type, "message": script.message, **details},
+        "request_id": request_id,
+    }
     for name, value in script.headers:
         assert error.response.headers[name] == value
 
@@ -366,7 +406,9 @@ def test_extra_top_level_key_is_rejected_without_consuming_a_script(
     with pytest.raises(anthropic.BadRequestError) as caught:
         create(client, extra_body={"x_force_local": True})
     assert error_of(caught.value) == {
-        "type": "invalid_request_error", "message": "x_force_local: Extra inputs are not permitted"}
+        "type": "invalid_request_error",
+        "message": "x_force_local: Extra inputs are not permitted",
+    }
     assert fake.pending == 1
     with pytest.raises(anthropic.BadRequestError, match="compaction: Extra inputs"):
         create(client, extra_body={"compaction": {}})
@@ -393,8 +435,13 @@ def test_malformed_requests_get_400(fake: FakeAnthropic, body: bytes, message: s
 
 
 def tool_turn(tool_id: str) -> dict[str, Any]:
-    return {"role": "assistant", "content": [{"type": "text", "text": "checking"},
-                                             {"type": "tool_use", "id": tool_id, "name": "t", "input": {}}]}
+    return {
+        "role": "assistant",
+        "content": [
+            {"type": "text", "text": "checking"},
+            {"type": "tool_use", "id": tool_id, "name": "t", "input": {}},
+        ],
+    }
 
 
 def result(tool_id: str) -> dict[str, Any]:
@@ -409,7 +456,8 @@ def test_tool_use_must_be_answered_in_the_next_message(fake: FakeAnthropic, clie
         create(client, messages=unanswered)
     assert error_of(caught.value)["message"] == (
         "messages.1: `tool_use` ids were found without `tool_result` blocks immediately after: toolu_a. "
-        "Each `tool_use` block must have a corresponding `tool_result` block in the next message.")
+        "Each `tool_use` block must have a corresponding `tool_result` block in the next message."
+    )
     orphan = [*HELLO, {"role": "assistant", "content": "hi"}, {"role": "user", "content": [result("toolu_z")]}]
     with pytest.raises(anthropic.BadRequestError, match=r"messages\.2\.content\.0: unexpected `tool_use_id`"):
         create(client, messages=orphan)
@@ -443,8 +491,10 @@ def test_dropped_connection_breaks_the_stream(fake: FakeAnthropic, client: anthr
         create(client)
     fake.enqueue(text("raw").then_drop(after=3))
     body = {"model": MODEL, "max_tokens": 64, "messages": HELLO, "stream": True}
-    with httpx.stream("POST", f"{fake.url}/v1/messages", json=body) as response, \
-            pytest.raises(httpx.RemoteProtocolError):
+    with (
+        httpx.stream("POST", f"{fake.url}/v1/messages", json=body) as response,
+        pytest.raises(httpx.RemoteProtocolError),
+    ):
         response.read()
 
 

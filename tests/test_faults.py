@@ -43,21 +43,24 @@ FAULTS = [
     Fault("401", script.unauthorized, "client", 401),
     Fault("connection refused", None, "unreachable", 502),
     Fault("timeout before headers", script.hang, "unreachable", 502),
-    Fault("reset mid-stream", lambda: script.text("one two three four five six seven").then_drop(after=4),
-          "reset", 502),
+    Fault(
+        "reset mid-stream", lambda: script.text("one two three four five six seven").then_drop(after=4), "reset", 502
+    ),
     Fault("malformed SSE", lambda: script.text("one two three four").then_garbage(after=4), "garbage", 200),
 ]
 
 
 @pytest.fixture
-def matrix_harness(fake_cloud: FakeAnthropic, fake_local: FakeOllama,
-                   request: pytest.FixtureRequest) -> Iterator[Callable[[Fault, bool], Harness]]:
+def matrix_harness(
+    fake_cloud: FakeAnthropic, fake_local: FakeOllama, request: pytest.FixtureRequest
+) -> Iterator[Callable[[Fault, bool], Harness]]:
     made: list[Harness] = []
 
     def build(fault: Fault, local_up: bool) -> Harness:
         config = make_config()
-        config = attrs.evolve(config, anthropic=attrs.evolve(config.anthropic, first_byte_timeout=0.5,
-                                                             overload_backoff=0.01))
+        config = attrs.evolve(
+            config, anthropic=attrs.evolve(config.anthropic, first_byte_timeout=0.5, overload_backoff=0.01)
+        )
         cloud_url = unused_port_url() if fault.script is None else fake_cloud.url
         local_url = fake_local.url if local_up else unused_port_url()
         harness = Harness(config, MemoryStore(), cloud_url, local_url).start()
@@ -72,8 +75,11 @@ def matrix_harness(fake_cloud: FakeAnthropic, fake_local: FakeOllama,
 
 
 def _events(harness: Harness) -> list[str]:
-    return [entry.get("event", entry["kind"]) if entry["kind"] == "transition" else entry["kind"]
-            for entry in harness.store.audit(SESSION) if entry["kind"] != "turn"]
+    return [
+        entry.get("event", entry["kind"]) if entry["kind"] == "transition" else entry["kind"]
+        for entry in harness.store.audit(SESSION)
+        if entry["kind"] != "turn"
+    ]
 
 
 def _state(harness: Harness) -> str:
@@ -88,7 +94,8 @@ def _call(harness: Harness, stream: bool, forced: bool) -> tuple[int, dict[str, 
     extra = {"extra_body": {"x_force_local": True}} if forced else {}
     try:
         raw = client.messages.with_raw_response.create(
-            model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hello"}], stream=stream, **extra)
+            model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hello"}], stream=stream, **extra
+        )
     except anthropic.APIStatusError as exc:
         return exc.status_code, dict(exc.response.headers), exc.response.content, exc
     except anthropic.APIConnectionError as exc:
@@ -108,8 +115,9 @@ def _call(harness: Harness, stream: bool, forced: bool) -> tuple[int, dict[str, 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 @pytest.mark.parametrize("mode", ["local-up", "local-down", "forced-local"])
 @pytest.mark.parametrize("fault", FAULTS, ids=[fault.name for fault in FAULTS])
-def test_fault_matrix(matrix_harness: Callable[[Fault, bool], Harness], fake_cloud: FakeAnthropic,
-                      fault: Fault, mode: str, stream: bool) -> None:
+def test_fault_matrix(
+    matrix_harness: Callable[[Fault, bool], Harness], fake_cloud: FakeAnthropic, fault: Fault, mode: str, stream: bool
+) -> None:
     harness = matrix_harness(fault, mode != "local-down")
     status, headers, body, failure = _call(harness, stream, forced=mode == "forced-local")
 
@@ -177,20 +185,25 @@ def test_recovery_end_to_end(fake_cloud: FakeAnthropic, fake_local: FakeOllama) 
         history: list[dict[str, Any]] = [{"role": "user", "content": "first"}]
         raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=64, messages=history)
         assert (raw.headers["x-trooper-route"], raw.headers["x-trooper-state"]) == ("local", "quota_exhausted")
-        history += [{"role": "assistant", "content": raw.parse().content[0].text},  # type: ignore[union-attr]
-                    {"role": "user", "content": "second"}]
+        history += [
+            {"role": "assistant", "content": raw.parse().content[0].text},  # type: ignore[union-attr]
+            {"role": "user", "content": "second"},
+        ]
         before = len(fake_cloud.requests)
         raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=64, messages=history)
         assert raw.headers["x-trooper-route"] == "local"
         assert len(fake_cloud.requests) == before  # no doomed cloud call while the quota is known gone
         # Another conversation of the same credential follows at its next turn.
         other = harness.client(default_headers={"X-Trooper-Session": "another"})
-        raw_other = other.messages.with_raw_response.create(model=MODEL, max_tokens=64,
-                                                             messages=[{"role": "user", "content": "x"}])
+        raw_other = other.messages.with_raw_response.create(
+            model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "x"}]
+        )
         assert raw_other.headers["x-trooper-state"] == "quota_exhausted"
         time.sleep(1.1)
-        history += [{"role": "assistant", "content": raw.parse().content[0].text},  # type: ignore[union-attr]
-                    {"role": "user", "content": "third"}]
+        history += [
+            {"role": "assistant", "content": raw.parse().content[0].text},  # type: ignore[union-attr]
+            {"role": "user", "content": "third"},
+        ]
         raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=64, messages=history)
         assert (raw.headers["x-trooper-route"], raw.headers["x-trooper-state"]) == ("cloud", "cloud")
         probe, turn = fake_cloud.requests[-2:]
@@ -214,16 +227,19 @@ def test_fallback_content_is_shareable_when_configured(fake_cloud: FakeAnthropic
         fake_local.enqueue(local_script.Reply(text="fallback answer"), local_script.Reply(text="forced answer"))
         config_retry = harness.engine.config.anthropic  # type: ignore[union-attr]
         assert config_retry.overload_retries == 2
-        first = client.messages.create(model=MODEL, max_tokens=8,
-                                       messages=[{"role": "user", "content": "fallback prompt"}])
+        first = client.messages.create(
+            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "fallback prompt"}]
+        )
         history: list[dict[str, Any]] = [
             {"role": "user", "content": "fallback prompt"},
             {"role": "assistant", "content": first.content[0].text},  # type: ignore[union-attr]
             {"role": "user", "content": "::local forced prompt"},
         ]
         forced = client.messages.create(model=MODEL, max_tokens=8, messages=history)
-        history += [{"role": "assistant", "content": forced.content[0].text},  # type: ignore[union-attr]
-                    {"role": "user", "content": "back to the cloud"}]
+        history += [
+            {"role": "assistant", "content": forced.content[0].text},  # type: ignore[union-attr]
+            {"role": "user", "content": "back to the cloud"},
+        ]
         harness.engine._health.clear()  # type: ignore[union-attr]  # the cloud has recovered
         client.messages.create(model=MODEL, max_tokens=8, messages=history)
         sent = str(fake_cloud.last_json()["messages"])
@@ -246,12 +262,14 @@ def test_a_hanging_probe_never_holds_up_a_local_turn(fake_cloud: FakeAnthropic, 
         fake_cloud.count_tokens_default = script.hang()
         started = time.monotonic()
         forced = client.messages.with_raw_response.create(
-            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "::local private"}])
+            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "::local private"}]
+        )
         assert forced.headers["x-trooper-route"] == "local"
         assert time.monotonic() - started < 0.4  # did not wait for the hanging probe
         started = time.monotonic()
         other = client.messages.with_raw_response.create(
-            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "could be cloud"}])
+            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "could be cloud"}]
+        )
         assert time.monotonic() - started < 2.5  # waited at most the probe timeout
         assert other.headers["x-trooper-route"] == "local"
         probes = [r for r in fake_cloud.requests if r.path == "/v1/messages/count_tokens"]

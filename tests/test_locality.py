@@ -47,8 +47,9 @@ def _history_with(reply: anthropic.types.Message, messages: Messages) -> Message
 
 @pytest.mark.parametrize("control", ["body", "header", "marker"])
 @pytest.mark.parametrize("stream", [False, True])
-def test_forced_local_turn_then_cloud_turn(trooper: Harness, fake_cloud: FakeAnthropic, fake_local: FakeOllama,
-                                           control: str, stream: bool) -> None:
+def test_forced_local_turn_then_cloud_turn(
+    trooper: Harness, fake_cloud: FakeAnthropic, fake_local: FakeOllama, control: str, stream: bool
+) -> None:
     client = trooper.client()
     secret_prompt, secret_reply = canary("PROMPT"), canary("REPLY")
     fake_local.enqueue(local_script.Reply(text=f"The vault is at {secret_reply} and nowhere else."))
@@ -96,27 +97,44 @@ def test_forced_local_turn_then_cloud_turn(trooper: Harness, fake_cloud: FakeAnt
     assert "1 earlier turn of this conversation ran on a local model" in texts
 
 
-def test_local_tool_loop_stays_local_and_never_reaches_the_cloud(trooper: Harness, fake_cloud: FakeAnthropic,
-                                                                 fake_local: FakeOllama) -> None:
+def test_local_tool_loop_stays_local_and_never_reaches_the_cloud(
+    trooper: Harness, fake_cloud: FakeAnthropic, fake_local: FakeOllama
+) -> None:
     client = trooper.client()
     secret_arg, secret_result, secret_answer = canary("ARG"), canary("RESULT"), canary("ANSWER")
     fake_local.enqueue(
         local_script.Reply(text="", tool_calls=[{"name": "read_file", "arguments": {"path": f"/srv/{secret_arg}"}}]),
         local_script.Reply(text=f"The file says {secret_answer}."),
     )
-    tools = [{"name": "read_file", "description": "read a file",
-              "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}}]
+    tools = [
+        {
+            "name": "read_file",
+            "description": "read a file",
+            "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}},
+        }
+    ]
     history: Messages = [{"role": "user", "content": "read the secret file"}]
-    call = client.messages.create(model=MODEL, max_tokens=256, tools=tools, messages=history,  # type: ignore[arg-type]
-                                  extra_body={"x_force_local": True})
+    call = client.messages.create(
+        model=MODEL,
+        max_tokens=256,
+        tools=tools,
+        messages=history,  # type: ignore[arg-type]
+        extra_body={"x_force_local": True},
+    )
     assert call.stop_reason == "tool_use"
     use = next(b for b in call.content if b.type == "tool_use")
     assert use.id.startswith("toolu_") and use.input == {"path": f"/srv/{secret_arg}"}
-    history = [*_history_with(call, history),
-               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": secret_result}]}]
+    history = [
+        *_history_with(call, history),
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": secret_result}]},
+    ]
     # The tool result continues the local turn: no control needed, and it must not go to the cloud.
-    raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=256, tools=tools,  # type: ignore[arg-type]
-                                                   messages=history)
+    raw = client.messages.with_raw_response.create(
+        model=MODEL,
+        max_tokens=256,
+        tools=tools,  # type: ignore[arg-type]
+        messages=history,
+    )
     answer = raw.parse()
     assert raw.headers["x-trooper-route"] == "local"
     assert raw.headers["x-trooper-reason"] == "continuation"
@@ -126,8 +144,12 @@ def test_local_tool_loop_stays_local_and_never_reaches_the_cloud(trooper: Harnes
     assert fake_cloud.requests == []
 
     history = [*_history_with(answer, history), {"role": "user", "content": "now summarise the weather"}]
-    reply = client.messages.with_raw_response.create(model=MODEL, max_tokens=256, tools=tools,  # type: ignore[arg-type]
-                                                     messages=history)
+    reply = client.messages.with_raw_response.create(
+        model=MODEL,
+        max_tokens=256,
+        tools=tools,  # type: ignore[arg-type]
+        messages=history,
+    )
     assert reply.headers["x-trooper-route"] == "cloud"
     assert_absent(fake_cloud, secret_arg, secret_result, secret_answer, use.id)
 
@@ -140,27 +162,34 @@ def test_cloud_tool_loop_stays_in_the_cloud(trooper: Harness, fake_cloud: FakeAn
     history: Messages = [{"role": "user", "content": "look it up"}]
     call = client.messages.create(model=MODEL, max_tokens=64, messages=history)
     use = next(b for b in call.content if b.type == "tool_use")
-    history = [*_history_with(call, history),
-               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "42"}]}]
-    raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=64, messages=history,
-                                                   extra_body={"x_force_local": True})
+    history = [
+        *_history_with(call, history),
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "42"}]},
+    ]
+    raw = client.messages.with_raw_response.create(
+        model=MODEL, max_tokens=64, messages=history, extra_body={"x_force_local": True}
+    )
     assert raw.headers["x-trooper-route"] == "cloud"
     assert raw.headers["x-trooper-reason"] == "continuation"
     assert "x_force_local" not in fake_cloud.last_json()
 
 
-def test_forced_local_fails_closed_when_local_is_down(trooper_local_down: Harness,
-                                                      fake_cloud: FakeAnthropic) -> None:
+def test_forced_local_fails_closed_when_local_is_down(trooper_local_down: Harness, fake_cloud: FakeAnthropic) -> None:
     client = trooper_local_down.client()
     secret = canary("DOWN")
     with pytest.raises(anthropic.APIStatusError) as info:
-        client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": secret}],
-                               extra_body={"x_force_local": True})
+        client.messages.create(
+            model=MODEL,
+            max_tokens=64,
+            messages=[{"role": "user", "content": secret}],
+            extra_body={"x_force_local": True},
+        )
     assert info.value.status_code == 503
     assert "must run locally" in info.value.message
     assert fake_cloud.requests == []
-    assert client.messages.create(model=MODEL, max_tokens=64,
-                                  messages=[{"role": "user", "content": "a cloud turn still works"}]).content
+    assert client.messages.create(
+        model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "a cloud turn still works"}]
+    ).content
     assert_absent(fake_cloud, secret)
 
 
@@ -172,34 +201,49 @@ def test_forced_local_with_a_missing_model_names_the_model(fake_cloud: FakeAnthr
     harness = Harness(config, MemoryStore(), fake_cloud.url, fake_local.url).start()
     try:
         with pytest.raises(anthropic.NotFoundError) as info:
-            harness.client().messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "x"}],
-                                             extra_headers={"X-Force-Local": "1"})
+            harness.client().messages.create(
+                model=MODEL,
+                max_tokens=64,
+                messages=[{"role": "user", "content": "x"}],
+                extra_headers={"X-Force-Local": "1"},
+            )
         assert "llama-not-pulled" in info.value.message
         assert fake_cloud.requests == []
     finally:
         harness.stop()
 
 
-def test_local_error_mid_stream_becomes_an_sse_error(trooper: Harness, fake_cloud: FakeAnthropic,
-                                                     fake_local: FakeOllama) -> None:
+def test_local_error_mid_stream_becomes_an_sse_error(
+    trooper: Harness, fake_cloud: FakeAnthropic, fake_local: FakeOllama
+) -> None:
     fake_local.enqueue(local_script.Reply(text="partial answer then boom", error="model crashed", error_after=2))
-    with pytest.raises(anthropic.APIStatusError) as info, trooper.client().messages.stream(
-            model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "x"}],
-            extra_body={"x_force_local": True}) as stream:
+    with (
+        pytest.raises(anthropic.APIStatusError) as info,
+        trooper.client().messages.stream(
+            model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "x"}], extra_body={"x_force_local": True}
+        ) as stream,
+    ):
         for _ in stream:
             pass
     assert "model crashed" in str(info.value)
     assert fake_cloud.requests == []
 
 
-def test_egress_guard_refuses_local_text_pasted_into_a_cloud_prompt(trooper: Harness, fake_cloud: FakeAnthropic,
-                                                                    fake_local: FakeOllama) -> None:
+def test_egress_guard_refuses_local_text_pasted_into_a_cloud_prompt(
+    trooper: Harness, fake_cloud: FakeAnthropic, fake_local: FakeOllama
+) -> None:
     client = trooper.client()
-    answer = ("The migration plan moves the billing ledger to the eastern cluster on Tuesday night, "
-              "then drains the old replicas, then rotates every credential used by the batch jobs.")
+    answer = (
+        "The migration plan moves the billing ledger to the eastern cluster on Tuesday night, "
+        "then drains the old replicas, then rotates every credential used by the batch jobs."
+    )
     fake_local.enqueue(local_script.Reply(text=answer))
-    client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "plan it"}],
-                           extra_body={"x_force_local": True})
+    client.messages.create(
+        model=MODEL,
+        max_tokens=64,
+        messages=[{"role": "user", "content": "plan it"}],
+        extra_body={"x_force_local": True},
+    )
     pasted = f"Please review this plan: {answer.upper()}"
     with pytest.raises(anthropic.PermissionDeniedError) as info:
         client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": pasted}])
@@ -210,8 +254,9 @@ def test_egress_guard_refuses_local_text_pasted_into_a_cloud_prompt(trooper: Har
 
 
 @pytest.fixture
-def two_instances(fake_cloud: FakeAnthropic, fake_local: FakeOllama,
-                  tmp_path: Any) -> Iterator[tuple[Harness, Harness]]:
+def two_instances(
+    fake_cloud: FakeAnthropic, fake_local: FakeOllama, tmp_path: Any
+) -> Iterator[tuple[Harness, Harness]]:
     """Two Trooper instances sharing one SQLite store, as behind a load balancer."""
     from trooper.store import SQLiteStore
 
@@ -223,26 +268,32 @@ def two_instances(fake_cloud: FakeAnthropic, fake_local: FakeOllama,
     second.stop()
 
 
-def test_ledger_holds_across_sessions_restarts_and_instances(two_instances: tuple[Harness, Harness],
-                                                             fake_cloud: FakeAnthropic,
-                                                             fake_local: FakeOllama) -> None:
+def test_ledger_holds_across_sessions_restarts_and_instances(
+    two_instances: tuple[Harness, Harness], fake_cloud: FakeAnthropic, fake_local: FakeOllama
+) -> None:
     first, second = two_instances
     secret_prompt, secret_reply = canary("P"), canary("R")
     fake_local.enqueue(local_script.Reply(text=f"answer {secret_reply}"))
     history: Messages = [{"role": "user", "content": f"::local {secret_prompt}"}]
-    local = first.client().messages.create(model=MODEL, max_tokens=64, messages=history,
-                                           extra_headers={"X-Trooper-Session": "alpha"})
+    local = first.client().messages.create(
+        model=MODEL, max_tokens=64, messages=history, extra_headers={"X-Trooper-Session": "alpha"}
+    )
     history = [*_history_with(local, history), {"role": "user", "content": "continue in the cloud"}]
     # Another instance, another session id, re-formatted history: still withheld.
     reformatted: Messages = [
-        {"role": "user", "content": [{"type": "text", "text": f"  ::local   {secret_prompt}\n",
-                                      "cache_control": {"type": "ephemeral"}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": f"  ::local   {secret_prompt}\n", "cache_control": {"type": "ephemeral"}}
+            ],
+        },
         {"role": "assistant", "content": f"answer\n{secret_reply}"},
         {"role": "user", "content": "continue in the cloud"},
     ]
     for harness, messages, session in ((second, history, "beta"), (second, reformatted, "gamma")):
         reply = harness.client().messages.with_raw_response.create(
-            model=MODEL, max_tokens=64, messages=messages, extra_headers={"X-Trooper-Session": session})
+            model=MODEL, max_tokens=64, messages=messages, extra_headers={"X-Trooper-Session": session}
+        )
         assert reply.headers["x-trooper-route"] == "cloud"
     first.restart()
     first.client().messages.create(model=MODEL, max_tokens=64, messages=history)
@@ -260,8 +311,10 @@ def test_session_identity_sources(trooper: Harness) -> None:
         return reply.headers["x-trooper-session"]
 
     cc = "0d7a5a3e-1111-4222-8333-444455556666"
-    meta_new = {**base, "metadata": {"user_id": orjson.dumps({"device_id": "d", "account_uuid": "",
-                                                               "session_id": cc}).decode()}}
+    meta_new = {
+        **base,
+        "metadata": {"user_id": orjson.dumps({"device_id": "d", "account_uuid": "", "session_id": cc}).decode()},
+    }
     meta_old = {**base, "metadata": {"user_id": f"user_{'a' * 64}_account__session_{cc}"}}
     assert session({"X-Trooper-Session": "mine"}, meta_new) == "mine"
     assert session({"X-Session-ID": "other"}, base) == "other"
@@ -281,19 +334,28 @@ NOTE = {"role": "system", "content": [{"type": "text", "text": "# Environment\nP
 
 
 def test_claude_code_system_notes_pass_through_verbatim(trooper: Harness, fake_cloud: FakeAnthropic) -> None:
-    body = orjson.dumps({"model": MODEL, "max_tokens": 64, "stream": False,
-                         "messages": [{"role": "user", "content": [REMINDER, {"type": "text", "text": "say hi"}]},
-                                      NOTE]})
-    reply = httpx.post(f"{trooper.url}/v1/messages?beta=true", content=body, timeout=30,
-                       headers={"x-api-key": API_KEY, "content-type": "application/json",
-                                "anthropic-version": "2023-06-01"})
+    body = orjson.dumps(
+        {
+            "model": MODEL,
+            "max_tokens": 64,
+            "stream": False,
+            "messages": [{"role": "user", "content": [REMINDER, {"type": "text", "text": "say hi"}]}, NOTE],
+        }
+    )
+    reply = httpx.post(
+        f"{trooper.url}/v1/messages?beta=true",
+        content=body,
+        timeout=30,
+        headers={"x-api-key": API_KEY, "content-type": "application/json", "anthropic-version": "2023-06-01"},
+    )
     assert reply.status_code == 200, reply.text
     assert reply.headers["x-trooper-route"] == "cloud"
     assert fake_cloud.requests[-1].body == body
 
 
-def test_claude_code_marker_before_a_system_note_runs_locally(trooper: Harness, fake_cloud: FakeAnthropic,
-                                                              fake_local: FakeOllama) -> None:
+def test_claude_code_marker_before_a_system_note_runs_locally(
+    trooper: Harness, fake_cloud: FakeAnthropic, fake_local: FakeOllama
+) -> None:
     """The marker is in the last *user* message even when a system note follows it (Claude Code's first turn)."""
     secret_prompt, secret_reply = canary("CC-PROMPT"), canary("CC-REPLY")
     fake_local.enqueue(local_script.Reply(text=f"it is at {secret_reply}"))
@@ -318,8 +380,9 @@ def test_claude_code_marker_before_a_system_note_runs_locally(trooper: Harness, 
 
 
 @pytest.mark.parametrize("control", ["body", "header", "marker"])
-def test_count_tokens_of_a_local_turn_never_reaches_the_cloud(trooper: Harness, fake_cloud: FakeAnthropic,
-                                                              control: str) -> None:
+def test_count_tokens_of_a_local_turn_never_reaches_the_cloud(
+    trooper: Harness, fake_cloud: FakeAnthropic, control: str
+) -> None:
     """Counting sends the conversation: a request marked local is estimated by Trooper instead."""
     secret = canary("COUNT")
     text = f"::local how long is {secret}?" if control == "marker" else f"how long is {secret}?"
@@ -329,22 +392,26 @@ def test_count_tokens_of_a_local_turn_never_reaches_the_cloud(trooper: Harness, 
     elif control == "header":
         kwargs["extra_headers"] = {"X-Force-Local": "true"}
     raw = trooper.client().messages.with_raw_response.count_tokens(
-        model=MODEL, messages=[{"role": "user", "content": text}], **kwargs)
+        model=MODEL, messages=[{"role": "user", "content": text}], **kwargs
+    )
     assert raw.headers["x-trooper-estimate"] == "true"
     assert raw.parse().input_tokens > 0
     assert not fake_cloud.requests
     assert_absent(fake_cloud, secret)
 
 
-def test_count_tokens_inside_a_local_conversation_is_estimated(trooper: Harness, fake_cloud: FakeAnthropic,
-                                                               fake_local: FakeOllama) -> None:
+def test_count_tokens_inside_a_local_conversation_is_estimated(
+    trooper: Harness, fake_cloud: FakeAnthropic, fake_local: FakeOllama
+) -> None:
     """Right after a local turn the history is counted here (the egress guard would also refuse it)."""
     secret = canary("COUNT-STATE")
     fake_local.enqueue(local_script.Reply(text="local reply"))
     client = trooper.client(default_headers={"X-Trooper-Session": f"count-{uuid.uuid4().hex[:8]}"})
     history: Messages = [{"role": "user", "content": "a cloud question first"}]
-    history = _history_with(client.messages.create(model=MODEL, max_tokens=32, messages=history),  # type: ignore[arg-type]
-                            history)
+    history = _history_with(
+        client.messages.create(model=MODEL, max_tokens=32, messages=history),  # type: ignore[arg-type]
+        history,
+    )
     history.append({"role": "user", "content": f"::local keep {secret} here"})
     reply = client.messages.create(model=MODEL, max_tokens=32, messages=history)  # type: ignore[arg-type]
     history = _history_with(reply, history)

@@ -37,8 +37,9 @@ def test_local_turn_gets_anchor_sitrep_tail_within_num_ctx(fake_cloud: FakeAnthr
     try:
         history = _conversation(60)
         history.append({"role": "user", "content": "::local which tickets did we discuss?"})
-        raw = harness.client().messages.with_raw_response.create(model=MODEL, max_tokens=512, messages=history,
-                                                                 system="You are a helpful assistant.")
+        raw = harness.client().messages.with_raw_response.create(
+            model=MODEL, max_tokens=512, messages=history, system="You are a helpful assistant."
+        )
         assert raw.headers["x-trooper-route"] == "local"
         layers = dict(item.split("=") for item in raw.headers["x-trooper-memory"].split(";"))
         assert int(layers["anchor"]) > 0 and int(layers["sitrep"]) > 0 and int(layers["tail"]) > 0
@@ -57,7 +58,7 @@ def test_local_turn_gets_anchor_sitrep_tail_within_num_ctx(fake_cloud: FakeAnthr
         # Tail: the newest turns, verbatim, ending with the current prompt (marker stripped).
         assert contents[-1] == "which tickets did we discuss?"
         assert contents[-3].startswith("Turn 60: please note")
-        tail_turns = [text for text in contents[sitrep_at + 2:] if text.startswith("Turn ")]
+        tail_turns = [text for text in contents[sitrep_at + 2 :] if text.startswith("Turn ")]
         first_tail = int(tail_turns[0].split(":")[0].split()[1])
         assert 3 < first_tail < 60
         # The SITREP abstracts the middle: facts of turns between the Anchor and the Tail survive in it.
@@ -70,21 +71,30 @@ def test_local_turn_gets_anchor_sitrep_tail_within_num_ctx(fake_cloud: FakeAnthr
         harness.stop()
 
 
-def test_history_that_cannot_fit_even_truncated_fails_clearly(fake_cloud: FakeAnthropic,
-                                                              small_local: FakeOllama) -> None:
+def test_history_that_cannot_fit_even_truncated_fails_clearly(
+    fake_cloud: FakeAnthropic, small_local: FakeOllama
+) -> None:
     harness = Harness(make_config(), MemoryStore(), fake_cloud.url, small_local.url).start()
     try:
         import anthropic
 
-        tools = [{"name": f"tool_{n}", "description": "x " * 400, "input_schema": {"type": "object"}}
-                 for n in range(20)]
+        tools = [
+            {"name": f"tool_{n}", "description": "x " * 400, "input_schema": {"type": "object"}} for n in range(20)
+        ]
         with pytest.raises(anthropic.BadRequestError) as info:
-            harness.client().messages.create(model=MODEL, max_tokens=512, tools=tools,  # type: ignore[arg-type]
-                                              messages=[{"role": "user", "content": "::local hi"}])
+            harness.client().messages.create(
+                model=MODEL,
+                max_tokens=512,
+                tools=tools,  # type: ignore[arg-type]
+                messages=[{"role": "user", "content": "::local hi"}],
+            )
         assert "does not fit the local model's context" in info.value.message
         assert fake_cloud.requests == []
-        assert harness.client().messages.create(model=MODEL, max_tokens=8,
-                                                messages=[{"role": "user", "content": "cloud"}]).content
+        assert (
+            harness.client()
+            .messages.create(model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "cloud"}])
+            .content
+        )
     finally:
         harness.stop()
 

@@ -82,8 +82,12 @@ async def provider(fake: FakeOllama) -> AsyncIterator[OllamaProvider]:
 
 
 def body(*messages: JSON, **extra: Any) -> JSON:
-    return {"model": "claude-sonnet-4-5", "max_tokens": 256,
-            "messages": list(messages) or [{"role": "user", "content": "hi"}], **extra}
+    return {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 256,
+        "messages": list(messages) or [{"role": "user", "content": "hi"}],
+        **extra,
+    }
 
 
 async def collect(provider: OllamaProvider, request: LocalRequest) -> list[JSON]:
@@ -146,8 +150,10 @@ FULL_BODY: JSON = {
     "top_k": 40,
     "stop_sequences": ["END"],
     "stream": True,
-    "system": [{"type": "text", "text": "You are helpful.", "cache_control": {"type": "ephemeral"}},
-               {"type": "text", "text": "Be brief."}],
+    "system": [
+        {"type": "text", "text": "You are helpful.", "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "Be brief."},
+    ],
     "metadata": {"user_id": "user_abc"},
     "tool_choice": {"type": "auto"},
     "context_management": {"edits": []},
@@ -155,31 +161,47 @@ FULL_BODY: JSON = {
     "cache_control": {"type": "ephemeral"},
     "thinking": {"type": "adaptive"},
     "tools": [
-        {"name": "get_weather", "description": "Current weather",
-         "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-         "cache_control": {"type": "ephemeral"}},
+        {
+            "name": "get_weather",
+            "description": "Current weather",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            "cache_control": {"type": "ephemeral"},
+        },
         {"type": "web_search_20250305", "name": "web_search", "max_uses": 3},
     ],
     "messages": [
-        {"role": "user", "content": [
-            {"type": "text", "text": "Look at this"},
-            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
-            {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}},
-            {"type": "text", "text": "and tell me", "cache_control": {"type": "ephemeral"}},
-        ]},
-        {"role": "assistant", "content": [
-            {"type": "thinking", "thinking": "The user wants weather", "signature": "EqQBsig"},
-            {"type": "redacted_thinking", "data": "opaque"},
-            {"type": "text", "text": "Checking."},
-            {"type": "tool_use", "id": "toolu_01A", "name": "get_weather", "input": {"city": "Paris"}},
-            {"type": "tool_use", "id": "toolu_01B", "name": "get_time", "input": {}},
-        ]},
-        {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": "toolu_01A", "content": "18C sunny"},
-            {"type": "tool_result", "tool_use_id": "toolu_01B", "is_error": True,
-             "content": [{"type": "text", "text": "no clock"}]},
-            {"type": "text", "text": "Thanks"},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Look at this"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}},
+                {"type": "text", "text": "and tell me", "cache_control": {"type": "ephemeral"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "The user wants weather", "signature": "EqQBsig"},
+                {"type": "redacted_thinking", "data": "opaque"},
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "toolu_01A", "name": "get_weather", "input": {"city": "Paris"}},
+                {"type": "tool_use", "id": "toolu_01B", "name": "get_time", "input": {}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_01A", "content": "18C sunny"},
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_01B",
+                    "is_error": True,
+                    "content": [{"type": "text", "text": "no clock"}],
+                },
+                {"type": "text", "text": "Thanks"},
+            ],
+        },
         {"role": "assistant", "content": "You're welcome."},
         {"role": "user", "content": "Bye"},
     ],
@@ -187,12 +209,21 @@ FULL_BODY: JSON = {
 
 EXPECTED_MESSAGES: list[JSON] = [
     {"role": "system", "content": "You are helpful.\n\nBe brief."},
-    {"role": "user", "content": "Look at this\n\n[image at https://example.com/cat.png — not available to the local "
-                                "model]\n\nand tell me", "images": ["iVBORw0KGgo="]},
-    {"role": "assistant", "content": "Checking.", "thinking": "The user wants weather", "tool_calls": [
-        {"id": "toolu_01A", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
-        {"id": "toolu_01B", "function": {"name": "get_time", "arguments": {}}},
-    ]},
+    {
+        "role": "user",
+        "content": "Look at this\n\n[image at https://example.com/cat.png — not available to the local "
+        "model]\n\nand tell me",
+        "images": ["iVBORw0KGgo="],
+    },
+    {
+        "role": "assistant",
+        "content": "Checking.",
+        "thinking": "The user wants weather",
+        "tool_calls": [
+            {"id": "toolu_01A", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+            {"id": "toolu_01B", "function": {"name": "get_time", "arguments": {}}},
+        ],
+    },
     {"role": "tool", "content": "18C sunny", "tool_name": "get_weather", "tool_call_id": "toolu_01A"},
     {"role": "tool", "content": "Error: no clock", "tool_name": "get_time", "tool_call_id": "toolu_01B"},
     {"role": "user", "content": "Thanks"},
@@ -209,13 +240,36 @@ async def test_full_request_mapping_on_the_wire(fake: FakeOllama, provider: Olla
     assert sent["stream"] is True
     assert sent["think"] is True
     assert sent["messages"] == EXPECTED_MESSAGES
-    assert sent["options"] == {"num_predict": 512, "temperature": 0.3, "top_p": 0.9, "top_k": 40,
-                               "stop": ["END"], "num_ctx": 16384}
-    assert sent["tools"] == [{"type": "function", "function": {
-        "name": "get_weather", "description": "Current weather",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
-    for dropped in ("tool_choice", "metadata", "context_management", "output_config", "cache_control",
-                    "thinking", "system", "max_tokens", "stop_sequences", "keep_alive"):
+    assert sent["options"] == {
+        "num_predict": 512,
+        "temperature": 0.3,
+        "top_p": 0.9,
+        "top_k": 40,
+        "stop": ["END"],
+        "num_ctx": 16384,
+    }
+    assert sent["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Current weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            },
+        }
+    ]
+    for dropped in (
+        "tool_choice",
+        "metadata",
+        "context_management",
+        "output_config",
+        "cache_control",
+        "thinking",
+        "system",
+        "max_tokens",
+        "stop_sequences",
+        "keep_alive",
+    ):
         assert dropped not in sent
     raw = fake.requests[-1].body
     assert b"cache_control" not in raw and b"EqQBsig" not in raw and b"opaque" not in raw
@@ -224,19 +278,40 @@ async def test_full_request_mapping_on_the_wire(fake: FakeOllama, provider: Olla
 
 def test_mapping_details_without_a_network() -> None:
     out = to_ollama_request(
-        {"max_tokens": 10, "system": "plain system", "thinking": {"type": "disabled"},
-         "messages": [
-             {"role": "user", "content": [
-                 {"type": "tool_result", "tool_use_id": "toolu_unknown", "content": [
-                     {"type": "text", "text": "see"},
-                     {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAA"}}]},
-                 {"type": "document", "title": "notes", "source": {"type": "text", "media_type": "text/plain",
-                                                                   "data": "doc body"}},
-             ]},
-             {"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
-             {"role": "assistant", "content": [{"type": "redacted_thinking", "data": "opaque"}]},
-         ]},
-        model="m", stream=False, keep_alive="10m")
+        {
+            "max_tokens": 10,
+            "system": "plain system",
+            "thinking": {"type": "disabled"},
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "toolu_unknown",
+                            "content": [
+                                {"type": "text", "text": "see"},
+                                {
+                                    "type": "image",
+                                    "source": {"type": "base64", "media_type": "image/png", "data": "AAA"},
+                                },
+                            ],
+                        },
+                        {
+                            "type": "document",
+                            "title": "notes",
+                            "source": {"type": "text", "media_type": "text/plain", "data": "doc body"},
+                        },
+                    ],
+                },
+                {"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": [{"type": "redacted_thinking", "data": "opaque"}]},
+            ],
+        },
+        model="m",
+        stream=False,
+        keep_alive="10m",
+    )
     assert out["messages"] == [
         {"role": "system", "content": "plain system"},
         {"role": "tool", "content": "see", "images": ["AAA"], "tool_call_id": "toolu_unknown"},
@@ -274,10 +349,12 @@ async def test_streamed_text_becomes_the_full_event_grammar(fake: FakeOllama, pr
 
 @pytest.mark.anyio
 async def test_non_streaming_uses_stream_false_and_yields_the_same_grammar(
-        fake: FakeOllama, provider: OllamaProvider) -> None:
+    fake: FakeOllama, provider: OllamaProvider
+) -> None:
     fake.enqueue(Reply(text="All in one", thinking="quietly", prompt_eval_count=50, eval_count=7))
-    events = await collect(provider, LocalRequest(body(thinking={"type": "enabled", "budget_tokens": 2048}),
-                                                  model="qwen3", stream=False))
+    events = await collect(
+        provider, LocalRequest(body(thinking={"type": "enabled", "budget_tokens": 2048}), model="qwen3", stream=False)
+    )
     assert fake.last_json()["stream"] is False
     check_grammar(events)
     assert events[0]["message"]["usage"]["input_tokens"] == 50  # known up front without streaming
@@ -306,20 +383,31 @@ async def test_thinking_then_text_without_an_invented_signature(fake: FakeOllama
 @pytest.mark.anyio
 async def test_thinking_display_omitted_emits_no_thinking_block(fake: FakeOllama, provider: OllamaProvider) -> None:
     fake.enqueue(Reply(thinking="hidden thoughts", text="visible"))
-    events = await collect(provider, LocalRequest(body(thinking={"type": "adaptive", "display": "omitted"}),
-                                                  model="qwen3", stream=True))
+    events = await collect(
+        provider, LocalRequest(body(thinking={"type": "adaptive", "display": "omitted"}), model="qwen3", stream=True)
+    )
     check_grammar(events)
     assert [b.type for b in accumulate(events).content] == ["text"]
 
 
 @pytest.mark.anyio
 async def test_tool_call_round_trip(fake: FakeOllama, provider: OllamaProvider) -> None:
-    tools = [{"name": "get_weather", "description": "w",
-              "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]
-    fake.enqueue(Reply(text="Let me check.", tool_calls=[
-        {"name": "get_weather", "arguments": {"city": "Tokyo", "units": {"temp": "C"}}},  # no id: one is made
-        {"id": "call_x1", "name": "get_weather", "arguments": {"city": "Oslo"}},  # an id: it is kept
-    ]))
+    tools = [
+        {
+            "name": "get_weather",
+            "description": "w",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+        }
+    ]
+    fake.enqueue(
+        Reply(
+            text="Let me check.",
+            tool_calls=[
+                {"name": "get_weather", "arguments": {"city": "Tokyo", "units": {"temp": "C"}}},  # no id: one is made
+                {"id": "call_x1", "name": "get_weather", "arguments": {"city": "Oslo"}},  # an id: it is kept
+            ],
+        )
+    )
     first = body({"role": "user", "content": "Weather in Tokyo and Oslo?"}, tools=tools)
     events = await collect(provider, LocalRequest(first, model="qwen3", stream=True))
     check_grammar(events)
@@ -338,20 +426,30 @@ async def test_tool_call_round_trip(fake: FakeOllama, provider: OllamaProvider) 
     second = body(
         {"role": "user", "content": "Weather in Tokyo and Oslo?"},
         {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in message.content]},
-        {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": call_a.id, "content": "25C"},
-            {"type": "tool_result", "tool_use_id": call_b.id, "content": [{"type": "text", "text": "-3C"}]},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": call_a.id, "content": "25C"},
+                {"type": "tool_result", "tool_use_id": call_b.id, "content": [{"type": "text", "text": "-3C"}]},
+            ],
+        },
         tools=tools,
     )
     fake.enqueue(Reply(text="Tokyo is warm, Oslo is cold."))
     events = await collect(provider, LocalRequest(second, model="qwen3", stream=True))
     assert accumulate(events).stop_reason == "end_turn"
     sent = fake.last_json("/api/chat")["messages"]
-    assert sent[1] == {"role": "assistant", "content": "Let me check.", "tool_calls": [
-        {"id": call_a.id, "function": {"name": "get_weather", "arguments": {"city": "Tokyo", "units": {"temp": "C"}}}},
-        {"id": "call_x1", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}},
-    ]}
+    assert sent[1] == {
+        "role": "assistant",
+        "content": "Let me check.",
+        "tool_calls": [
+            {
+                "id": call_a.id,
+                "function": {"name": "get_weather", "arguments": {"city": "Tokyo", "units": {"temp": "C"}}},
+            },
+            {"id": "call_x1", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}},
+        ],
+    }
     assert sent[2:] == [
         {"role": "tool", "content": "25C", "tool_name": "get_weather", "tool_call_id": call_a.id},
         {"role": "tool", "content": "-3C", "tool_name": "get_weather", "tool_call_id": "call_x1"},
@@ -359,15 +457,19 @@ async def test_tool_call_round_trip(fake: FakeOllama, provider: OllamaProvider) 
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("reply", "expected"), [
-    (Reply(done_reason="stop"), "end_turn"),
-    (Reply(done_reason="length"), "max_tokens"),
-    (Reply(done_reason="stop", tool_calls=[{"name": "x", "arguments": {}}]), "tool_use"),
-    (Reply(done_reason="length", tool_calls=[{"name": "x", "arguments": {}}]), "tool_use"),
-])
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (Reply(done_reason="stop"), "end_turn"),
+        (Reply(done_reason="length"), "max_tokens"),
+        (Reply(done_reason="stop", tool_calls=[{"name": "x", "arguments": {}}]), "tool_use"),
+        (Reply(done_reason="length", tool_calls=[{"name": "x", "arguments": {}}]), "tool_use"),
+    ],
+)
 @pytest.mark.parametrize("stream", [True, False])
-async def test_stop_reasons(fake: FakeOllama, provider: OllamaProvider, reply: Reply, expected: str,
-                            stream: bool) -> None:
+async def test_stop_reasons(
+    fake: FakeOllama, provider: OllamaProvider, reply: Reply, expected: str, stream: bool
+) -> None:
     fake.enqueue(reply)
     events = await collect(provider, LocalRequest(body(), model="qwen3", stream=stream))
     check_grammar(events)
@@ -397,7 +499,7 @@ async def test_unknown_model_is_model_not_found_naming_it(fake: FakeOllama, prov
     assert "'mistral-nemo'" in error.message and "ollama pull mistral-nemo" in error.message
     assert fake.url in error.message
     assert error.status == 404 and error.error_type == "not_found_error"
-    assert error.body == b"{\"error\":\"model 'mistral-nemo' not found\"}"
+    assert error.body == b'{"error":"model \'mistral-nemo\' not found"}'
     assert isinstance(error, BadRequest)
 
 
@@ -450,8 +552,12 @@ async def test_dropped_connection_without_streaming(fake: FakeOllama, provider: 
 
 @pytest.mark.anyio
 async def test_stream_that_ends_without_done_is_an_error(fake: FakeOllama, provider: OllamaProvider) -> None:
-    line = {"model": "qwen3", "created_at": "2026-01-01T00:00:00Z",
-            "message": {"role": "assistant", "content": "partial"}, "done": False}
+    line = {
+        "model": "qwen3",
+        "created_at": "2026-01-01T00:00:00Z",
+        "message": {"role": "assistant", "content": "partial"},
+        "done": False,
+    }
     fake.enqueue(RawReply([line]))
     events, error = await collect_until_error(provider, LocalRequest(body(), model="qwen3", stream=True))
     assert "final chunk" in error.message
@@ -495,11 +601,19 @@ async def test_slow_model_load_is_fine_within_first_byte_timeout(fake: FakeOllam
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("status", "kind"), [
-    (400, BadRequest), (401, AuthError), (429, Overloaded), (500, ProviderError), (503, Overloaded),
-])
-async def test_http_error_statuses(fake: FakeOllama, provider: OllamaProvider, status: int,
-                                   kind: type[ProviderError]) -> None:
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (400, BadRequest),
+        (401, AuthError),
+        (429, Overloaded),
+        (500, ProviderError),
+        (503, Overloaded),
+    ],
+)
+async def test_http_error_statuses(
+    fake: FakeOllama, provider: OllamaProvider, status: int, kind: type[ProviderError]
+) -> None:
     fake.enqueue(HttpError(status, "something went wrong"))
     events, error = await collect_until_error(provider, LocalRequest(body(), model="qwen3", stream=True))
     assert type(error) is kind and events == []
@@ -543,8 +657,11 @@ def test_context_length_from_show_prefers_the_declared_architecture() -> None:
 
 @pytest.mark.anyio
 async def test_from_config_and_registry(fake: FakeOllama) -> None:
-    config = Config(ollama=OllamaConfig(base_url=fake.url, keep_alive="10m", connect_timeout=1.5,
-                                        first_byte_timeout=20, idle_timeout=7))
+    config = Config(
+        ollama=OllamaConfig(
+            base_url=fake.url, keep_alive="10m", connect_timeout=1.5, first_byte_timeout=20, idle_timeout=7
+        )
+    )
     factory = discover()["ollama"]
     provider = factory.from_config(config)
     assert isinstance(provider, OllamaProvider)
@@ -570,8 +687,14 @@ def test_translator_is_pure_and_handles_interleaving() -> None:
     for chunk in [
         {"message": {"role": "assistant", "content": "", "thinking": "a"}, "done": False},
         {"message": {"role": "assistant", "content": "b"}, "done": False},
-        {"message": {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "bad id!", "function": {"name": "t", "arguments": '{"k": 1}'}}]}, "done": False},
+        {
+            "message": {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"id": "bad id!", "function": {"name": "t", "arguments": '{"k": 1}'}}],
+            },
+            "done": False,
+        },
         {"message": {"role": "assistant", "content": "c"}, "done": False},
         {"message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop", "eval_count": 4},
     ]:
@@ -613,12 +736,14 @@ def _sdk_app(ollama_url: str) -> Starlette:
         provider = OllamaProvider(ollama_url)
         local = LocalRequest(payload, model="qwen3", stream=payload.get("stream") is True, num_ctx=4096)
         if local.stream:
+
             async def sse() -> AsyncIterator[bytes]:
                 try:
                     async for event in provider.events(local):
                         yield encode_sse(event)
                 finally:
                     await provider.aclose()
+
             return StreamingResponse(sse(), media_type="text/event-stream")
         accumulator = MessageAccumulator()
         try:
@@ -633,18 +758,27 @@ def _sdk_app(ollama_url: str) -> Starlette:
 
 def test_the_anthropic_sdk_parses_the_output(fake: FakeOllama) -> None:
     fake.enqueue(
-        Reply(thinking="Thinking hard", text="Calling a tool", prompt_eval_count=77, eval_count=11,
-              tool_calls=[{"name": "get_weather", "arguments": {"city": "Lima"}}]),
+        Reply(
+            thinking="Thinking hard",
+            text="Calling a tool",
+            prompt_eval_count=77,
+            eval_count=11,
+            tool_calls=[{"name": "get_weather", "arguments": {"city": "Lima"}}],
+        ),
         Reply(text="Plain answer", prompt_eval_count=5, eval_count=2),
     )
     with LoopbackServer(_sdk_app(fake.url)) as server:
         client = anthropic.Anthropic(base_url=server.url, api_key="test-key", max_retries=0)
-        with client.messages.stream(model="claude-test", max_tokens=100,
-                                    messages=[{"role": "user", "content": "hi"}],
-                                    thinking={"type": "enabled", "budget_tokens": 1024}) as stream:
+        with client.messages.stream(
+            model="claude-test",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "hi"}],
+            thinking={"type": "enabled", "budget_tokens": 1024},
+        ) as stream:
             streamed = stream.get_final_message()
-        created = client.messages.create(model="claude-test", max_tokens=100,
-                                          messages=[{"role": "user", "content": "hi"}])
+        created = client.messages.create(
+            model="claude-test", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+        )
         client.close()
     assert [b.type for b in streamed.content] == ["thinking", "text", "tool_use"]
     assert streamed.stop_reason == "tool_use"
@@ -674,7 +808,7 @@ def test_fake_speaks_ollama(fake: FakeOllama) -> None:
         assert shown["model_info"]["qwen3.context_length"] == 32768
         assert "tools" in shown["capabilities"] and shown["details"]["family"] == "qwen3"
         missing = client.post("/api/chat", json={"model": "ghost", "messages": []})
-        assert missing.status_code == 404 and missing.content == b"{\"error\":\"model 'ghost' not found\"}"
+        assert missing.status_code == 404 and missing.content == b'{"error":"model \'ghost\' not found"}'
         assert client.get("/nope").status_code == 404
 
         with client.stream("POST", "/api/chat", json={"model": "qwen3", "messages": []}) as response:
@@ -687,8 +821,9 @@ def test_fake_speaks_ollama(fake: FakeOllama) -> None:
             assert isinstance(final[key], int)
 
         fake.enqueue(lambda request: Reply(text=f"echo {request.json()['messages'][0]['content']}"))
-        one = client.post("/api/chat", json={"model": "qwen3", "stream": False,
-                                             "messages": [{"role": "user", "content": "ping"}]})
+        one = client.post(
+            "/api/chat", json={"model": "qwen3", "stream": False, "messages": [{"role": "user", "content": "ping"}]}
+        )
         assert one.headers["content-type"].startswith("application/json")
         assert one.json()["message"] == {"role": "assistant", "content": "echo ping"}
     assert b'"content":"ping"' in fake.received_bytes()

@@ -30,8 +30,12 @@ from trooper.testing import FakeAnthropic, FakeOllama
 from trooper.testing import fake_ollama as local_script
 
 MODEL = "claude-sonnet-4-6"
-SETTINGS = settings(max_examples=20, stateful_step_count=10, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+SETTINGS = settings(
+    max_examples=20,
+    stateful_step_count=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 _FAKES: dict[str, Any] = {}
 
 
@@ -80,8 +84,13 @@ class PrivacyMachine(RuleBasedStateMachine):
         self.session = "s-" + uuid.uuid4().hex[:8]
         #: Where a Claude-Code-style ``system`` note goes in what is sent (None: no note).
         self.note_at: str | None = None
-        self.tools = [{"name": "read", "description": "read a file",
-                       "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}}]
+        self.tools = [
+            {
+                "name": "read",
+                "description": "read a file",
+                "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}},
+            }
+        ]
 
     def teardown(self) -> None:
         self.harness.stop()
@@ -98,8 +107,9 @@ class PrivacyMachine(RuleBasedStateMachine):
         return [*self.history[:at], CC_NOTE, *self.history[at:]]
 
     def _append_reply(self, message: anthropic.types.Message) -> None:
-        self.history.append({"role": "assistant",
-                             "content": [block.model_dump(exclude_none=True) for block in message.content]})
+        self.history.append(
+            {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in message.content]}
+        )
 
     @initialize()
     def first_turn(self) -> None:
@@ -110,8 +120,9 @@ class PrivacyMachine(RuleBasedStateMachine):
         secret = _canary("C")
         self.cloud_canaries.append(secret)
         self.history.append({"role": "user", "content": f"cloud question {secret}"})
-        raw = self._client().messages.with_raw_response.create(model=MODEL, max_tokens=64, messages=self._wire(),
-                                                               tools=self.tools)  # type: ignore[arg-type]
+        raw = self._client().messages.with_raw_response.create(
+            model=MODEL, max_tokens=64, messages=self._wire(), tools=self.tools
+        )  # type: ignore[arg-type]
         assert raw.headers["x-trooper-route"] == "cloud"
         self._append_reply(raw.parse())
 
@@ -119,8 +130,9 @@ class PrivacyMachine(RuleBasedStateMachine):
     def local_turn(self, control: str, stream: bool, thinking: bool) -> None:
         prompt, reply, thought = _canary("LP"), _canary("LR"), _canary("LT")
         self.secrets += [prompt, reply] + ([thought] if thinking else [])
-        self.local.enqueue(local_script.Reply(text=f"local answer {reply}", thinking=f"hmm {thought}" if thinking
-                                              else ""))
+        self.local.enqueue(
+            local_script.Reply(text=f"local answer {reply}", thinking=f"hmm {thought}" if thinking else "")
+        )
         text = f"local question {prompt}"
         extra: dict[str, Any] = {}
         if control == "marker":
@@ -147,22 +159,29 @@ class PrivacyMachine(RuleBasedStateMachine):
     def local_tool_loop(self) -> None:
         prompt, arg, result, answer = (_canary(k) for k in ("TP", "TA", "TR", "TF"))
         self.secrets += [prompt, arg, result, answer]
-        self.local.enqueue(local_script.Reply(text="", tool_calls=[{"name": "read", "arguments": {"path": arg}}]),
-                           local_script.Reply(text=f"it says {answer}"))
+        self.local.enqueue(
+            local_script.Reply(text="", tool_calls=[{"name": "read", "arguments": {"path": arg}}]),
+            local_script.Reply(text=f"it says {answer}"),
+        )
         self.history.append({"role": "user", "content": f"read it {prompt}"})
-        call = self._client().messages.create(model=MODEL, max_tokens=64, messages=self._wire(),
-                                              tools=self.tools, extra_body={"x_force_local": True})  # type: ignore[arg-type]
+        call = self._client().messages.create(
+            model=MODEL, max_tokens=64, messages=self._wire(), tools=self.tools, extra_body={"x_force_local": True}
+        )  # type: ignore[arg-type]
         self._append_reply(call)
         use = next(block for block in call.content if block.type == "tool_use")
-        self.history.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
-                                                          "content": f"file body {result}"}]})
-        final = self._client().messages.with_raw_response.create(model=MODEL, max_tokens=64, messages=self._wire(),
-                                                                 tools=self.tools)  # type: ignore[arg-type]
+        self.history.append(
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": use.id, "content": f"file body {result}"}],
+            }
+        )
+        final = self._client().messages.with_raw_response.create(
+            model=MODEL, max_tokens=64, messages=self._wire(), tools=self.tools
+        )  # type: ignore[arg-type]
         assert final.headers["x-trooper-route"] == "local"
         self._append_reply(final.parse())
 
-    @rule(kind=st.sampled_from(["blocks", "strings", "cache_control", "whitespace", "strip_thinking"]),
-          data=st.data())
+    @rule(kind=st.sampled_from(["blocks", "strings", "cache_control", "whitespace", "strip_thinking"]), data=st.data())
     def reformat_history(self, kind: str, data: st.DataObject) -> None:
         """What real clients do to the history they re-send (content is unchanged for the user)."""
         history = copy.deepcopy(self.history)
@@ -170,8 +189,12 @@ class PrivacyMachine(RuleBasedStateMachine):
             content = message["content"]
             if kind == "blocks" and isinstance(content, str):
                 message["content"] = [{"type": "text", "text": content}]
-            elif kind == "strings" and isinstance(content, list) and len(content) == 1 \
-                    and content[0].get("type") == "text":
+            elif (
+                kind == "strings"
+                and isinstance(content, list)
+                and len(content) == 1
+                and content[0].get("type") == "text"
+            ):
                 message["content"] = content[0]["text"]
             elif kind == "cache_control" and isinstance(content, list) and content:
                 for block in content:

@@ -38,8 +38,14 @@ def _raw_post(url: str, body: bytes, **headers: str) -> httpx.Response:
 
 def test_create_forwards_the_original_bytes(trooper: Harness, fake_cloud: FakeAnthropic) -> None:
     fake_cloud.enqueue(script.text("hello from the cloud"))
-    body = orjson.dumps({"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": "hi  there"}],
-                         "metadata": {"user_id": "u1"}})
+    body = orjson.dumps(
+        {
+            "model": MODEL,
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": "hi  there"}],
+            "metadata": {"user_id": "u1"},
+        }
+    )
     reply = _raw_post(f"{trooper.url}/v1/messages", body)
     assert reply.status_code == 200
     assert reply.json()["content"][0]["text"] == "hello from the cloud"
@@ -53,8 +59,7 @@ def test_each_response_header_appears_once(trooper: Harness, fake_cloud: FakeAnt
     body = orjson.dumps({"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]})
     direct = _raw_post(f"{fake_cloud.url}/v1/messages", body)
     for stream in (False, True):
-        relayed = _raw_post(f"{trooper.url}/v1/messages",
-                            orjson.dumps({**orjson.loads(body), "stream": stream}))
+        relayed = _raw_post(f"{trooper.url}/v1/messages", orjson.dumps({**orjson.loads(body), "stream": stream}))
         assert relayed.status_code == 200
         for name in ("date", "server", "content-type", "request-id"):
             assert len(relayed.headers.get_list(name)) == len(direct.headers.get_list(name)) == 1, name
@@ -97,8 +102,9 @@ def test_every_transport_relays_the_same_bytes(fake_cloud: FakeAnthropic, transp
         assert reply.json()["content"][0]["text"] == "plain"
         assert fake_cloud.requests[-1].body == body
         assert dict(fake_cloud.requests[-1].headers)["anthropic-beta"] == "x-1"
-        with harness.client().messages.stream(model=MODEL, max_tokens=8,
-                                              messages=[{"role": "user", "content": "go"}]) as stream:
+        with harness.client().messages.stream(
+            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "go"}]
+        ) as stream:
             assert "".join(stream.text_stream) == "streamedtwice"
         fake_cloud.enqueue(script.rate_limited(retry_after=3))
         with pytest.raises(anthropic.RateLimitError) as info:
@@ -125,8 +131,13 @@ def test_sse_is_relayed_as_it_arrives(client: anthropic.Anthropic, fake_cloud: F
 
 def test_tool_use_round_trip(client: anthropic.Anthropic, fake_cloud: FakeAnthropic) -> None:
     fake_cloud.enqueue(script.tool_use("get_weather", {"city": "Paris"}), script.text("It is sunny."))
-    tools = [{"name": "get_weather", "description": "weather", "input_schema": {"type": "object",
-              "properties": {"city": {"type": "string"}}}}]
+    tools = [
+        {
+            "name": "get_weather",
+            "description": "weather",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+        }
+    ]
     history: list[dict[str, object]] = [{"role": "user", "content": "weather in Paris?"}]
     first = client.messages.create(model=MODEL, max_tokens=64, tools=tools, messages=history)  # type: ignore[arg-type]
     assert first.stop_reason == "tool_use"
@@ -139,16 +150,24 @@ def test_tool_use_round_trip(client: anthropic.Anthropic, fake_cloud: FakeAnthro
     second = client.messages.create(model=MODEL, max_tokens=64, tools=tools, messages=history)  # type: ignore[arg-type]
     assert second.content[0].type == "text"
     sent = fake_cloud.last_json()
-    assert sent["messages"][-1]["content"][0] == {"type": "tool_result", "tool_use_id": call.id,
-                                                 "content": "sunny, 24C"}
+    assert sent["messages"][-1]["content"][0] == {
+        "type": "tool_result",
+        "tool_use_id": call.id,
+        "content": "sunny, 24C",
+    }
 
 
 @pytest.mark.parametrize("force_field", [False, True])
-def test_thinking_blocks_stay_byte_exact(client: anthropic.Anthropic, fake_cloud: FakeAnthropic,
-                                         force_field: bool) -> None:
-    fake_cloud.enqueue(script.thinking("Let me think about ünïcode \"quotes\"\n and lines", "answer"))
-    first = client.messages.create(model=MODEL, max_tokens=2048, messages=[{"role": "user", "content": "q"}],
-                                   thinking={"type": "enabled", "budget_tokens": 1024})
+def test_thinking_blocks_stay_byte_exact(
+    client: anthropic.Anthropic, fake_cloud: FakeAnthropic, force_field: bool
+) -> None:
+    fake_cloud.enqueue(script.thinking('Let me think about ünïcode "quotes"\n and lines', "answer"))
+    first = client.messages.create(
+        model=MODEL,
+        max_tokens=2048,
+        messages=[{"role": "user", "content": "q"}],
+        thinking={"type": "enabled", "budget_tokens": 1024},
+    )
     thought = first.content[0]
     assert thought.type == "thinking"
     history = [
@@ -157,8 +176,13 @@ def test_thinking_blocks_stay_byte_exact(client: anthropic.Anthropic, fake_cloud
         {"role": "user", "content": "next"},
     ]
     extra = {"x_force_local": False} if force_field else None
-    client.messages.create(model=MODEL, max_tokens=2048, messages=history,  # type: ignore[arg-type]
-                           thinking={"type": "enabled", "budget_tokens": 1024}, extra_body=extra)
+    client.messages.create(
+        model=MODEL,
+        max_tokens=2048,
+        messages=history,  # type: ignore[arg-type]
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        extra_body=extra,
+    )
     sent = fake_cloud.last_json()
     block = sent["messages"][1]["content"][0]
     assert block == {"type": "thinking", "thinking": thought.thinking, "signature": thought.signature}
@@ -180,12 +204,25 @@ def test_models_list(client: anthropic.Anthropic, fake_cloud: FakeAnthropic) -> 
 
 
 def test_unknown_fields_and_beta_headers_arrive_verbatim(trooper: Harness, fake_cloud: FakeAnthropic) -> None:
-    body = orjson.dumps({"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}],
-                         "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
-                         "output_config": {"effort": "medium"}, "stream": False})
-    reply = _raw_post(f"{trooper.url}/v1/messages?beta=true", body,
-                      **{"anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
-                         "x-app": "cli", "X-Claude-Code-Session-Id": "5f1b3c8e-0000-4000-8000-000000000001"})
+    body = orjson.dumps(
+        {
+            "model": MODEL,
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": "hi"}],
+            "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+            "output_config": {"effort": "medium"},
+            "stream": False,
+        }
+    )
+    reply = _raw_post(
+        f"{trooper.url}/v1/messages?beta=true",
+        body,
+        **{
+            "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
+            "x-app": "cli",
+            "X-Claude-Code-Session-Id": "5f1b3c8e-0000-4000-8000-000000000001",
+        },
+    )
     assert reply.status_code == 200
     received = fake_cloud.requests[-1]
     assert received.query == "beta=true"
@@ -196,15 +233,20 @@ def test_unknown_fields_and_beta_headers_arrive_verbatim(trooper: Harness, fake_
     assert received.header("anthropic-version") == "2023-06-01"
 
 
-def test_upstream_gets_the_clients_headers_and_nothing_the_proxy_made_up(trooper: Harness,
-                                                                         fake_cloud: FakeAnthropic) -> None:
+def test_upstream_gets_the_clients_headers_and_nothing_the_proxy_made_up(
+    trooper: Harness, fake_cloud: FakeAnthropic
+) -> None:
     """No User-Agent, Accept, Accept-Encoding or Content-Type of the HTTP client's own: only the client's."""
     body = orjson.dumps({"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
     host, port = trooper.url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
     connection.putrequest("POST", "/v1/messages", skip_host=False, skip_accept_encoding=True)
-    for name, value in (("x-api-key", API_KEY), ("anthropic-version", "2023-06-01"), ("X-Custom", "a"),
-                        ("X-Custom", "b")):
+    for name, value in (
+        ("x-api-key", API_KEY),
+        ("anthropic-version", "2023-06-01"),
+        ("X-Custom", "a"),
+        ("X-Custom", "b"),
+    ):
         connection.putheader(name, value)
     connection.putheader("Content-Length", str(len(body)))
     connection.endheaders(body)
@@ -217,8 +259,9 @@ def test_upstream_gets_the_clients_headers_and_nothing_the_proxy_made_up(trooper
 
 
 def test_x_force_local_false_never_reaches_the_cloud(client: anthropic.Anthropic, fake_cloud: FakeAnthropic) -> None:
-    message = client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}],
-                                     extra_body={"x_force_local": False})
+    message = client.messages.create(
+        model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}], extra_body={"x_force_local": False}
+    )
     assert message.content[0].type == "text"
     assert b"x_force_local" not in fake_cloud.received_bytes()
 
@@ -235,9 +278,9 @@ def test_x_force_local_false_never_reaches_the_cloud(client: anthropic.Anthropic
         (script.error(404, "model: not found"), anthropic.NotFoundError),
     ],
 )
-def test_upstream_errors_surface_as_typed_sdk_exceptions(cloud_only: Harness, fake_cloud: FakeAnthropic,
-                                                         reply: script.ErrorReply,
-                                                         exception: type[anthropic.APIStatusError]) -> None:
+def test_upstream_errors_surface_as_typed_sdk_exceptions(
+    cloud_only: Harness, fake_cloud: FakeAnthropic, reply: script.ErrorReply, exception: type[anthropic.APIStatusError]
+) -> None:
     fake_cloud.default = reply
     with pytest.raises(exception) as info:
         cloud_only.client().messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "x"}])
@@ -259,16 +302,34 @@ def _assert_error(reply: httpx.Response, status: int, error_type: str, mentions:
 
 
 def test_trooper_errors_use_anthropic_shape_and_the_server_keeps_serving(
-        fake_cloud: FakeAnthropic, client: anthropic.Anthropic, trooper: Harness) -> None:
+    fake_cloud: FakeAnthropic, client: anthropic.Anthropic, trooper: Harness
+) -> None:
     url = f"{trooper.url}/v1/messages"
     _assert_error(_raw_post(url, b"{not json"), 400, "invalid_request_error", "not valid JSON")
     _assert_error(_raw_post(url, b"[1, 2]"), 400, "invalid_request_error", "JSON object")
     _assert_error(_raw_post(url, b"\xff\xfe{}"), 400, "invalid_request_error", "not valid JSON")
-    _assert_error(_raw_post(url, orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": "hi"})), 400,
-                  "invalid_request_error", "messages")
-    _assert_error(_raw_post(url, orjson.dumps({"model": MODEL, "max_tokens": 5, "x_force_local": "yes",
-                                               "messages": [{"role": "user", "content": "hi"}]})),
-                  400, "invalid_request_error", "x_force_local")
+    _assert_error(
+        _raw_post(url, orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": "hi"})),
+        400,
+        "invalid_request_error",
+        "messages",
+    )
+    _assert_error(
+        _raw_post(
+            url,
+            orjson.dumps(
+                {
+                    "model": MODEL,
+                    "max_tokens": 5,
+                    "x_force_local": "yes",
+                    "messages": [{"role": "user", "content": "hi"}],
+                }
+            ),
+        ),
+        400,
+        "invalid_request_error",
+        "x_force_local",
+    )
     _assert_error(httpx.get(f"{trooper.url}/v1/nope"), 404, "not_found_error", "/v1/nope")
     _assert_error(httpx.post(f"{trooper.url}/elsewhere"), 404, "not_found_error", "/elsewhere")
     assert fake_cloud.requests == []

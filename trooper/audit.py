@@ -35,8 +35,9 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     Loggers are not cached on first use, so re-configuring (tests, embedders) reaches every module.
     """
     out = stream if stream is not None else sys.stderr
-    renderer: Any = (structlog.dev.ConsoleRenderer() if out.isatty()
-                     else structlog.processors.JSONRenderer(serializer=_dumps))
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer() if out.isatty() else structlog.processors.JSONRenderer(serializer=_dumps)
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

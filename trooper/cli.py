@@ -49,8 +49,13 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="TOML configuration file (default: ./trooper.toml when present).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML configuration file (default: ./trooper.toml when present).",
+)
 @click.option("--host", default=None, help="Address to bind (overrides TROOPER_HOST).")
 @click.option("--port", type=int, default=None, help="Port to bind (overrides TROOPER_PORT).")
 def serve(config_path: str | None, host: str | None, port: int | None) -> None:
@@ -64,12 +69,15 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     from trooper.engine import Engine
     from trooper.server import UVICORN_OPTIONS, create_app
 
-    server = attrs.evolve(config.server, host=host or config.server.host,
-                          port=config.server.port if port is None else port)
+    server = attrs.evolve(
+        config.server, host=host or config.server.host, port=config.server.port if port is None else port
+    )
     config = attrs.evolve(config, server=server)
     if not _loopback(config.server.host) and not config.server.admin_token:
-        _fail(f"refusing to listen on {config.server.host} without an admin token: set TROOPER_ADMIN_TOKEN "
-              "(the admin API shows sessions and health) or listen on 127.0.0.1")
+        _fail(
+            f"refusing to listen on {config.server.host} without an admin token: set TROOPER_ADMIN_TOKEN "
+            "(the admin API shows sessions and health) or listen on 127.0.0.1"
+        )
     configure_logging(config.server.log_level)
     try:
         engine = Engine.from_config(config)
@@ -77,14 +85,22 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot open the store at {config.store.path}: {exc}")
-    click.echo(f"trooper {__version__} listening on http://{config.server.host}:{config.server.port} "
-               f"(cloud: {config.anthropic.base_url}, local: {config.ollama.model} at {config.ollama.base_url})",
-               err=True)
+    click.echo(
+        f"trooper {__version__} listening on http://{config.server.host}:{config.server.port} "
+        f"(cloud: {config.anthropic.base_url}, local: {config.ollama.model} at {config.ollama.base_url})",
+        err=True,
+    )
     try:
         uvicorn.run(
-            create_app(config, engine, owns_engine=True), host=config.server.host, port=config.server.port,
-            http="httptools", loop="uvloop" if sys.platform != "win32" else "asyncio",
-            log_level="warning", access_log=False, lifespan="on", **UVICORN_OPTIONS,
+            create_app(config, engine, owns_engine=True),
+            host=config.server.host,
+            port=config.server.port,
+            http="httptools",
+            loop="uvloop" if sys.platform != "win32" else "asyncio",
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            **UVICORN_OPTIONS,
         )
     except OSError as exc:
         _fail(f"cannot listen on {config.server.host}:{config.server.port}: {exc}")
@@ -92,8 +108,13 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
 
 @main.command()
 @click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid")
-@click.option("--write", "directory", type=click.Path(file_okay=False), default=None,
-              help="Write diagrams/conversation.{mmd,dot} into this directory instead of printing.")
+@click.option(
+    "--write",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write diagrams/conversation.{mmd,dot} into this directory instead of printing.",
+)
 @click.option("--session", default=None, help="Draw one stored conversation's path through the machine.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
 def graph(fmt: str, directory: str | None, session: str | None, config_path: str | None) -> None:
@@ -144,15 +165,24 @@ def sessions(config_path: str | None, limit: int, as_json: bool) -> None:
     rows = store.list_conversations(limit)
     store.close()
     if as_json:
-        click.echo(orjson.dumps([{k: row.get(k) for k in ("id", "state", "turns", "transitions", "updated")}
-                                 for row in rows], option=orjson.OPT_INDENT_2).decode())
+        click.echo(
+            orjson.dumps(
+                [{k: row.get(k) for k in ("id", "state", "turns", "transitions", "updated")} for row in rows],
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
         return
     table = Table(title="Trooper conversations")
     for column in ("session", "state", "turns", "transitions", "last activity (UTC)"):
         table.add_column(column, no_wrap=column != "details")
     for row in rows:
-        table.add_row(row["id"], row.get("state", "?"), str(row.get("turns", 0)), str(row.get("transitions", 0)),
-                      _when(row.get("updated")))
+        table.add_row(
+            row["id"],
+            row.get("state", "?"),
+            str(row.get("turns", 0)),
+            str(row.get("transitions", 0)),
+            _when(row.get("updated")),
+        )
     Console().print(table)
 
 
@@ -172,20 +202,36 @@ def session(session_id: str, config_path: str | None, as_json: bool) -> None:
         _fail(f"no stored conversation {session_id!r}")
     conv = conversation_from_dict(data)
     if as_json:
-        click.echo(orjson.dumps({"id": conv.id, "state": conv.state, "turns": conv.turns,
-                                 "edge_counts": conv.edge_counts, "transitions": transitions},
-                                option=orjson.OPT_INDENT_2).decode())
+        click.echo(
+            orjson.dumps(
+                {
+                    "id": conv.id,
+                    "state": conv.state,
+                    "turns": conv.turns,
+                    "edge_counts": conv.edge_counts,
+                    "transitions": transitions,
+                },
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
         return
     console = Console()
-    console.print(f"[bold]{conv.id}[/bold]  state [bold]{conv.state}[/bold]  turns {conv.turns}  "
-                  f"transitions {conv.transitions}")
+    console.print(
+        f"[bold]{conv.id}[/bold]  state [bold]{conv.state}[/bold]  turns {conv.turns}  transitions {conv.transitions}"
+    )
     table = Table(title="transitions")
     for column in ("time (UTC)", "event", "from", "to", "reason"):
         table.add_column(column, no_wrap=True)
     table.add_column("request", no_wrap=True, max_width=18)
     for entry in transitions:
-        table.add_row(_when(entry.get("at")), entry.get("event", ""), entry.get("source", ""),
-                      entry.get("dest", ""), entry.get("reason", ""), entry.get("request_id") or "-")
+        table.add_row(
+            _when(entry.get("at")),
+            entry.get("event", ""),
+            entry.get("source", ""),
+            entry.get("dest", ""),
+            entry.get("reason", ""),
+            entry.get("request_id") or "-",
+        )
     console.print(table)
 
 
@@ -214,9 +260,11 @@ def audit(session_id: str, config_path: str | None, as_json: bool) -> None:
         elif kind == "turn":
             what = f"{record.get('route')} ({record.get('provider')} {record.get('model')})"
             layers = record.get("memory") or {}
-            details = (f"status {record.get('status')}, withheld {record.get('withheld_blocks', 0)} blocks, "
-                       f"guard hits {record.get('guard_hits', 0)}, {record.get('duration_ms')} ms"
-                       + (f", memory {layers}" if layers else ""))
+            details = (
+                f"status {record.get('status')}, withheld {record.get('withheld_blocks', 0)} blocks, "
+                f"guard hits {record.get('guard_hits', 0)}, {record.get('duration_ms')} ms"
+                + (f", memory {layers}" if layers else "")
+            )
         else:
             what = kind
             details = ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("at", "kind"))

@@ -82,7 +82,7 @@ class Memory:
             self._calibrations.popitem(last=False)
         grew = state.messages is not None and len(messages) > state.messages and input_tokens > state.tokens
         if grew and state.messages is not None:
-            fresh = messages[state.messages:]
+            fresh = messages[state.messages :]
             estimated = sum(state.estimator.count_message(message) for message in fresh)
             state.estimator.calibrate(estimated, input_tokens - state.tokens)
         state.messages, state.tokens = len(messages), input_tokens

@@ -40,8 +40,9 @@ class Plan:
     events: tuple[str, ...]
 
 
-def read_controls(headers: Sequence[tuple[str, str]] | Mapping[str, str], body: Mapping[str, Any],
-                  marker: str) -> Controls:
+def read_controls(
+    headers: Sequence[tuple[str, str]] | Mapping[str, str], body: Mapping[str, Any], marker: str
+) -> Controls:
     """The locality controls of a request; a malformed control is a 400 naming it."""
     if "x_force_local" in body:
         value = body["x_force_local"]

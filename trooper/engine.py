@@ -176,8 +176,9 @@ class Engine:
         self.store = store
         self.clock = clock
         locality = self.config.locality
-        self.ledger = Ledger(store, shingle_words=locality.egress_shingle_words,
-                             share_fallback=locality.share_fallback_after_recovery)
+        self.ledger = Ledger(
+            store, shingle_words=locality.egress_shingle_words, share_fallback=locality.share_fallback_after_recovery
+        )
         self.memory = Memory(self.config, local)
         self.metrics = Metrics()
         self.started_at = clock()
@@ -239,8 +240,9 @@ class Engine:
         body, messages, controls, session = read.body, read.messages, read.controls, read.session
         stream = body.get("stream") is True
         request_id = new_request_id()
-        turn = Turn(session, request_id, body, messages, current_turn_start(messages), controls, stream,
-                    self.memory.compact)
+        turn = Turn(
+            session, request_id, body, messages, current_turn_start(messages), controls, stream, self.memory.compact
+        )
         self.ledger.refresh()
         await self.memory.prepare()
         continuation = self._continuation_route(messages)
@@ -271,8 +273,9 @@ class Engine:
         if plan.route == "local":
             forced = controls.force_local or conv.state == "local"
             origin: Origin = "forced" if forced else "fallback"
-            reply = await self._run_local(turn, headers, origin=origin,
-                                          cloud_error=None if forced else health.last_failure)
+            reply = await self._run_local(
+                turn, headers, origin=origin, cloud_error=None if forced else health.last_failure
+            )
         else:
             reply = await self._run_cloud(request, turn, conv, health, headers)
         return self._audited(reply, turn, started)
@@ -295,8 +298,9 @@ class Engine:
         reply.stream = self._finishing(reply.stream, turn, reply.status, started, first_byte)
         return reply
 
-    async def _finishing(self, stream: AsyncIterator[bytes], turn: Turn, status: int, started: float,
-                         first_byte: float) -> AsyncIterator[bytes]:
+    async def _finishing(
+        self, stream: AsyncIterator[bytes], turn: Turn, status: int, started: float, first_byte: float
+    ) -> AsyncIterator[bytes]:
         try:
             async for chunk in stream:
                 yield chunk
@@ -306,10 +310,17 @@ class Engine:
     def _record_turn(self, turn: Turn, status: int, first_byte: float, duration: float) -> None:
         """The audit trail's turn record: ids, route, counts and timings — never content (DESIGN I6)."""
         data: dict[str, Any] = {
-            "request_id": turn.request_id, "route": turn.route, "reason": turn.reason, "status": status,
-            "provider": turn.provider, "model": turn.model, "stream": turn.stream,
-            "withheld_blocks": turn.withheld_blocks, "withheld_turns": turn.withheld_turns,
-            "guard_hits": turn.guard_hits, "first_byte_ms": round(first_byte * 1000, 3),
+            "request_id": turn.request_id,
+            "route": turn.route,
+            "reason": turn.reason,
+            "status": status,
+            "provider": turn.provider,
+            "model": turn.model,
+            "stream": turn.stream,
+            "withheld_blocks": turn.withheld_blocks,
+            "withheld_turns": turn.withheld_turns,
+            "guard_hits": turn.guard_hits,
+            "first_byte_ms": round(first_byte * 1000, 3),
             "duration_ms": round(duration * 1000, 3),
         }
         if turn.memory is not None:
@@ -321,8 +332,9 @@ class Engine:
         self.metrics.duration.labels(turn.route).observe(duration)
         if turn.reason in ("quota", "offline"):
             self.metrics.fallbacks.labels(turn.reason).inc()
-        log.info("turn", session=turn.session, **{k: v for k, v in data.items() if k != "memory"},
-                 memory=data.get("memory"))
+        log.info(
+            "turn", session=turn.session, **{k: v for k, v in data.items() if k != "memory"}, memory=data.get("memory")
+        )
 
     def _continuation_route(self, messages: Sequence[JSON]) -> Route | None:
         """A tool loop keeps its turn's route: local when the tool calls it answers were local."""
@@ -332,8 +344,11 @@ class Engine:
             if message.get("role") != "assistant":
                 continue
             for block in content_blocks(message):
-                if (isinstance(block, Mapping) and block.get("type") == "tool_use"
-                        and id_fingerprint(str(block.get("id"))) in self.ledger.index.ids):
+                if (
+                    isinstance(block, Mapping)
+                    and block.get("type") == "tool_use"
+                    and id_fingerprint(str(block.get("id"))) in self.ledger.index.ids
+                ):
                     return "local"
             return "cloud"
         return "cloud"
@@ -344,8 +359,7 @@ class Engine:
             conv.turns += 1
         records = []
         for event in plan.events:
-            record = fire(conv, event, reason=plan.reason, at=now, request_id=turn.request_id, health=health,
-                          turn=turn)
+            record = fire(conv, event, reason=plan.reason, at=now, request_id=turn.request_id, health=health, turn=turn)
             if record is not None:
                 records.append(record)
         conv.turn_route, conv.turn_reason = plan.route, plan.reason
@@ -362,12 +376,23 @@ class Engine:
 
     def _commit(self, conv: Conversation, records: Sequence[TransitionRecord]) -> None:
         """The conversation and its new transitions, durably, in one transaction."""
-        self.store.write(conv.id, self.clock(), conversation_to_dict(conv),
-                         [("transition", attrs.asdict(record)) for record in records])
+        self.store.write(
+            conv.id,
+            self.clock(),
+            conversation_to_dict(conv),
+            [("transition", attrs.asdict(record)) for record in records],
+        )
         for record in records:
             self.metrics.transitions.labels(record.event).inc()
-            log.info("transition", session=conv.id, trooper_event=record.event, source=record.source,
-                     dest=record.dest, reason=record.reason, request_id=record.request_id)
+            log.info(
+                "transition",
+                session=conv.id,
+                trooper_event=record.event,
+                source=record.source,
+                dest=record.dest,
+                reason=record.reason,
+                request_id=record.request_id,
+            )
 
     def _load(self, session: str) -> Conversation:
         data = self.store.load_conversation(session)
@@ -392,13 +417,18 @@ class Engine:
 
     # ---------------------------------------------------------------------------------- cloud
 
-    def cloud_payload(self, body: JSON, messages: list[JSON], turn_start: int,
-                      raw: bytes) -> tuple[bytes, FilterResult]:
+    def cloud_payload(
+        self, body: JSON, messages: list[JSON], turn_start: int, raw: bytes
+    ) -> tuple[bytes, FilterResult]:
         """The exact bytes the cloud receives: the original ones unless something must change."""
         locality = self.config.locality
         result = filter_messages(
-            messages, self.ledger.index, turn_start=turn_start, notice=locality.withheld_notice,
-            egress_action=locality.egress_action, shingle_words=locality.egress_shingle_words,
+            messages,
+            self.ledger.index,
+            turn_start=turn_start,
+            notice=locality.withheld_notice,
+            egress_action=locality.egress_action,
+            shingle_words=locality.egress_shingle_words,
             system=body.get("system"),
         )
         if not result.changed and not (TROOPER_FIELDS & body.keys()):
@@ -406,19 +436,23 @@ class Engine:
         out = {k: v for k, v in body.items() if k not in TROOPER_FIELDS}
         if result.changed:
             if not any(m.get("role") == "user" for m in result.messages):
-                raise TrooperError("invalid_request_error",
-                                   "messages: nothing left to send to the cloud once local content is withheld")
+                raise TrooperError(
+                    "invalid_request_error",
+                    "messages: nothing left to send to the cloud once local content is withheld",
+                )
             out["messages"] = result.messages
         return orjson.dumps(out), result
 
-    async def _run_cloud(self, request: Incoming, turn: Turn, conv: Conversation, health: CloudHealth,
-                         headers: list[tuple[str, str]]) -> Outgoing:
+    async def _run_cloud(
+        self, request: Incoming, turn: Turn, conv: Conversation, health: CloudHealth, headers: list[tuple[str, str]]
+    ) -> Outgoing:
         turn.provider, turn.model = self.cloud.name, str(turn.body.get("model", ""))
         try:
             payload, result = self.cloud_payload(turn.body, turn.messages, turn.turn_start, request.body)
         except TrooperError as exc:
-            self.store.audit_append(conv.id, self.clock(), "egress_guard",
-                                    {"request_id": turn.request_id, "action": "block"})
+            self.store.audit_append(
+                conv.id, self.clock(), "egress_guard", {"request_id": turn.request_id, "action": "block"}
+            )
             self.metrics.guard_hits.labels("block").inc()
             log.warning("egress_blocked", session=conv.id, request_id=turn.request_id)
             return _error(exc, headers)
@@ -429,9 +463,12 @@ class Engine:
         if result.guard_hits:
             action = self.config.locality.egress_action
             self.metrics.guard_hits.labels(action).inc(len(result.guard_hits))
-            self.store.audit_append(conv.id, self.clock(), "egress_guard",
-                                    {"request_id": turn.request_id, "action": action,
-                                     "hits": [hit.path for hit in result.guard_hits]})
+            self.store.audit_append(
+                conv.id,
+                self.clock(),
+                "egress_guard",
+                {"request_id": turn.request_id, "action": action, "hits": [hit.path for hit in result.guard_hits]},
+            )
         upstream = UpstreamRequest(request.method, request.path, request.query, request.headers, payload)
         try:
             response, first = await self._first_bytes(upstream)
@@ -452,8 +489,7 @@ class Engine:
                     fresh.turns = max(fresh.turns, turn.conversation.turns)
                 conv = fresh
                 self._fallback(conv, event, turn, reason)
-            return await self._run_local(turn, self._trooper_headers(conv, turn), origin="fallback",
-                                         cloud_error=exc)
+            return await self._run_local(turn, self._trooper_headers(conv, turn), origin="fallback", cloud_error=exc)
         except (AuthError, BadRequest, ProviderError) as exc:
             return self._provider_error(exc, headers)
         health.observe_ok()
@@ -529,29 +565,41 @@ class Engine:
 
     # ---------------------------------------------------------------------------------- local
 
-    async def _run_local(self, turn: Turn, headers: list[tuple[str, str]], *, origin: Origin,
-                         cloud_error: ProviderError | None) -> Outgoing:
+    async def _run_local(
+        self, turn: Turn, headers: list[tuple[str, str]], *, origin: Origin, cloud_error: ProviderError | None
+    ) -> Outgoing:
         """Answer locally. Forced turns fail closed; fallback turns show the cloud's error if local fails."""
         if self.local is None:
-            return self._local_failed(turn, headers, cloud_error,
-                                      ProviderError("no local provider is configured"))
+            return self._local_failed(turn, headers, cloud_error, ProviderError("no local provider is configured"))
         marker = self.config.locality.marker if turn.controls.source == "marker" else None
         # System notes in ``messages`` are the client's context, like ``system``: not this turn's content.
-        prompt_blocks = [block for message in turn.messages[turn.turn_start:] if message.get("role") != "system"
-                         for block in content_blocks(message)]
-        self.ledger.record_local(prompt_blocks, session=turn.session, origin=origin,
-                                 shareable=self.config.locality.share_fallback_after_recovery, marker=marker)
+        prompt_blocks = [
+            block
+            for message in turn.messages[turn.turn_start :]
+            if message.get("role") != "system"
+            for block in content_blocks(message)
+        ]
+        self.ledger.record_local(
+            prompt_blocks,
+            session=turn.session,
+            origin=origin,
+            shareable=self.config.locality.share_fallback_after_recovery,
+            marker=marker,
+        )
         memory = turn.memory
         if memory is None:
-            return self._local_failed(turn, headers, cloud_error, BadRequest(
-                f"the conversation does not fit the local model's context: {turn.memory_error}"))
+            return self._local_failed(
+                turn,
+                headers,
+                cloud_error,
+                BadRequest(f"the conversation does not fit the local model's context: {turn.memory_error}"),
+            )
         local_body = {k: v for k, v in turn.body.items() if k not in TROOPER_FIELDS}
         local_body["messages"] = memory.messages
         if memory.max_tokens is not None:
             local_body["max_tokens"] = memory.max_tokens
         turn.provider, turn.model = self.local.name, self.config.ollama.model
-        request = LocalRequest(local_body, model=self.config.ollama.model, stream=turn.stream,
-                               num_ctx=memory.num_ctx)
+        request = LocalRequest(local_body, model=self.config.ollama.model, stream=turn.stream, num_ctx=memory.num_ctx)
         events = self.local.events(request)
         try:
             first = await anext(events)
@@ -559,8 +607,7 @@ class Engine:
             failure = exc if isinstance(exc, ProviderError) else ProviderError("local provider sent nothing")
             return self._local_failed(turn, headers, cloud_error, failure)
         if turn.stream:
-            headers = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
-                       *headers]
+            headers = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"), *headers]
             return Outgoing(200, headers, stream=self._local_stream(turn, first, events, origin))
         accumulator = MessageAccumulator()
         accumulator.feed(first)
@@ -574,8 +621,9 @@ class Engine:
         body = orjson.dumps(accumulator.message)
         return Outgoing(200, [("content-type", "application/json"), *headers], body)
 
-    async def _local_stream(self, turn: Turn, first: JSON, events: AsyncIterator[JSON],
-                            origin: Origin) -> AsyncIterator[bytes]:
+    async def _local_stream(
+        self, turn: Turn, first: JSON, events: AsyncIterator[JSON], origin: Origin
+    ) -> AsyncIterator[bytes]:
         """SSE from local events; the reply is ledgered before ``message_delta``/``message_stop`` leave."""
         accumulator = MessageAccumulator()
         recorded = False
@@ -590,8 +638,12 @@ class Engine:
                 yield encode_sse(event)
         except ProviderError as exc:
             log.warning("local_stream_broken", session=turn.session, error=exc.message)
-            yield encode_sse(error_payload(exc.error_type if exc.error_type != "invalid_request_error"
-                                           else "api_error", f"local model failed: {exc.message}"))
+            yield encode_sse(
+                error_payload(
+                    exc.error_type if exc.error_type != "invalid_request_error" else "api_error",
+                    f"local model failed: {exc.message}",
+                )
+            )
         finally:
             if not recorded:
                 self._record_reply(turn, accumulator, origin)
@@ -601,20 +653,31 @@ class Engine:
         if message is None:
             return
         blocks = [b for b in message.get("content", []) if b]
-        self.ledger.record_local(blocks, session=turn.session, origin=origin,
-                                 shareable=self.config.locality.share_fallback_after_recovery)
+        self.ledger.record_local(
+            blocks, session=turn.session, origin=origin, shareable=self.config.locality.share_fallback_after_recovery
+        )
 
-    def _local_failed(self, turn: Turn, headers: list[tuple[str, str]], cloud_error: ProviderError | None,
-                      failure: ProviderError) -> Outgoing:
-        log.warning("local_failed", session=turn.session, request_id=turn.request_id, error=failure.message,
-                    fallback=cloud_error is not None)
-        self.store.audit_append(turn.session, self.clock(), "local_failed",
-                                {"request_id": turn.request_id, "reason": turn.reason,
-                                 "error": type(failure).__name__})
+    def _local_failed(
+        self, turn: Turn, headers: list[tuple[str, str]], cloud_error: ProviderError | None, failure: ProviderError
+    ) -> Outgoing:
+        log.warning(
+            "local_failed",
+            session=turn.session,
+            request_id=turn.request_id,
+            error=failure.message,
+            fallback=cloud_error is not None,
+        )
+        self.store.audit_append(
+            turn.session,
+            self.clock(),
+            "local_failed",
+            {"request_id": turn.request_id, "reason": turn.reason, "error": type(failure).__name__},
+        )
         if cloud_error is not None:  # a fallback turn: the client sees what the cloud said
             return self._provider_error(cloud_error, headers)
-        error_type = failure.error_type if failure.error_type in ("not_found_error", "invalid_request_error") \
-            else "api_error"
+        error_type = (
+            failure.error_type if failure.error_type in ("not_found_error", "invalid_request_error") else "api_error"
+        )
         status = {"not_found_error": 404, "invalid_request_error": 400}.get(error_type, 503)
         message = f"this turn must run locally and the local provider could not answer: {failure.message}"
         return _error(TrooperError(error_type, message, status=status), [*headers, ("x-should-retry", "false")])
@@ -631,8 +694,11 @@ class Engine:
         read = self._read(request)
         body, messages = read.body, read.messages
         self.ledger.refresh()
-        if (read.controls.force_local or self._continuation_route(messages) == "local"
-                or self._load(read.session).state == "local"):
+        if (
+            read.controls.force_local
+            or self._continuation_route(messages) == "local"
+            or self._load(read.session).state == "local"
+        ):
             return self._estimate_tokens(body)
         try:
             payload, _ = self.cloud_payload(body, messages, current_turn_start(messages), request.body)
@@ -652,8 +718,11 @@ class Engine:
 
     def _estimate_tokens(self, body: JSON) -> Outgoing:
         tokens = self.memory.estimate_request(body)
-        return Outgoing(200, [("content-type", "application/json"), ("x-trooper-estimate", "true")],
-                        orjson.dumps({"input_tokens": tokens}))
+        return Outgoing(
+            200,
+            [("content-type", "application/json"), ("x-trooper-estimate", "true")],
+            orjson.dumps({"input_tokens": tokens}),
+        )
 
     async def forward(self, request: Incoming) -> Outgoing:
         """Pass a request through unchanged (``GET /v1/models``)."""
@@ -678,15 +747,18 @@ class Engine:
         nothing else of the turn that triggered it belongs in it.
         """
         health.last_probe = self.clock()
-        probe = orjson.dumps({"model": body.get("model", "claude-sonnet-4-5"),
-                              "messages": [{"role": "user", "content": "ping"}]})
-        kept = [(k, v) for k, v in headers
-                if k.lower() in ("x-api-key", "authorization") or k.lower().startswith("anthropic-")]
+        probe = orjson.dumps(
+            {"model": body.get("model", "claude-sonnet-4-5"), "messages": [{"role": "user", "content": "ping"}]}
+        )
+        kept = [
+            (k, v)
+            for k, v in headers
+            if k.lower() in ("x-api-key", "authorization") or k.lower().startswith("anthropic-")
+        ]
         kept.append(("content-type", "application/json"))
         try:
             async with asyncio.timeout(self.config.anthropic.probe_timeout):
-                response = await self.cloud.send(
-                    UpstreamRequest("POST", "/v1/messages/count_tokens", "", kept, probe))
+                response = await self.cloud.send(UpstreamRequest("POST", "/v1/messages/count_tokens", "", kept, probe))
                 await response.aread()
                 await response.aclose()
         except TimeoutError:
@@ -709,8 +781,11 @@ class Engine:
 
     async def health_report(self) -> dict[str, Any]:
         """Cloud health, whether the local provider answers, and whether the store does."""
-        local: dict[str, Any] = {"provider": _provider_name(self.local), "model": self.config.ollama.model,
-                                 "context_tokens": self.memory.context_tokens}
+        local: dict[str, Any] = {
+            "provider": _provider_name(self.local),
+            "model": self.config.ollama.model,
+            "context_tokens": self.memory.context_tokens,
+        }
         check = getattr(self.local, "health", None)
         if check is not None:
             try:
@@ -722,13 +797,25 @@ class Engine:
             store: dict[str, Any] = {"ok": True, "kind": type(self.store).__name__}
         except Exception as exc:  # any store failure is what this report is for
             store = {"ok": False, "kind": type(self.store).__name__, "error": type(exc).__name__}
-        return {"status": "ok", "cloud": {"provider": self.cloud.name, "upstreams": self.health_snapshot()},
-                "local": local, "store": store, "uptime_seconds": round(self.clock() - self.started_at, 3)}
+        return {
+            "status": "ok",
+            "cloud": {"provider": self.cloud.name, "upstreams": self.health_snapshot()},
+            "local": local,
+            "store": store,
+            "uptime_seconds": round(self.clock() - self.started_at, 3),
+        }
 
     def list_sessions(self, limit: int = 100) -> list[dict[str, Any]]:
-        return [{"id": data["id"], "state": data.get("state"), "turns": data.get("turns", 0),
-                 "transitions": data.get("transitions", 0), "last_activity": data.get("updated")}
-                for data in self.store.list_conversations(limit)]
+        return [
+            {
+                "id": data["id"],
+                "state": data.get("state"),
+                "turns": data.get("turns", 0),
+                "transitions": data.get("transitions", 0),
+                "last_activity": data.get("updated"),
+            }
+            for data in self.store.list_conversations(limit)
+        ]
 
     def session_report(self, session: str) -> dict[str, Any] | None:
         data = self.store.load_conversation(session)
@@ -736,9 +823,16 @@ class Engine:
             return None
         conv = conversation_from_dict(data)
         transitions = [e for e in self.store.audit(session) if e["kind"] == "transition"]
-        return {"id": conv.id, "state": conv.state, "turns": conv.turns, "transition_count": conv.transitions,
-                "last_event": conv.last_event, "edge_counts": conv.edge_counts, "path": conv.path,
-                "transitions": transitions}
+        return {
+            "id": conv.id,
+            "state": conv.state,
+            "turns": conv.turns,
+            "transition_count": conv.transitions,
+            "last_event": conv.last_event,
+            "edge_counts": conv.edge_counts,
+            "path": conv.path,
+            "transitions": transitions,
+        }
 
     def session_graph(self, session: str, fmt: Literal["mermaid", "dot"]) -> str | None:
         data = self.store.load_conversation(session)
@@ -752,21 +846,24 @@ class Engine:
         """Apply the retention policy; ledger entries are never pruned (DESIGN I5)."""
         retention = self.config.retention
         older = (self.clock() - retention.max_age_days * 86400) if retention.max_age_days is not None else None
-        removed = self.store.prune(older_than=older, max_sessions=retention.max_sessions,
-                                   max_audit_per_session=retention.max_audit_per_session)
+        removed = self.store.prune(
+            older_than=older, max_sessions=retention.max_sessions, max_audit_per_session=retention.max_audit_per_session
+        )
         if any(removed.values()):
             log.info("pruned", **removed)
         return removed
 
     # ------------------------------------------------------------------------------- embedding
 
-    async def create(self, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> tuple[int, JSON,
-                                                                                                        dict[str, str]]:
+    async def create(
+        self, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> tuple[int, JSON, dict[str, str]]:
         """Embedding API: one non-streaming Messages call; returns ``(status, json, headers)``."""
         payload = {**body}
         payload.pop("stream", None)
-        reply = await self.handle(Incoming("POST", "/v1/messages", "", list((headers or {}).items()),
-                                           orjson.dumps(payload)))
+        reply = await self.handle(
+            Incoming("POST", "/v1/messages", "", list((headers or {}).items()), orjson.dumps(payload))
+        )
         data = reply.body
         if reply.stream is not None:
             data = b"".join([chunk async for chunk in reply.stream])
@@ -785,8 +882,11 @@ def input_tokens(chunk: bytes, sse: bool) -> int | None:
                 return None
         else:
             usage = orjson.loads(chunk)["usage"]
-        return int(usage.get("input_tokens", 0)) + int(usage.get("cache_read_input_tokens") or 0) + int(
-            usage.get("cache_creation_input_tokens") or 0)
+        return (
+            int(usage.get("input_tokens", 0))
+            + int(usage.get("cache_read_input_tokens") or 0)
+            + int(usage.get("cache_creation_input_tokens") or 0)
+        )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None
 
@@ -901,7 +1001,7 @@ def strip_controls(body: JSON, controls: Controls, marker: str) -> JSON:
     text = block if isinstance(block, str) else str(block.get("text", ""))
     stripped = strip_marker(text, marker) or ""
     new_block = {**block, "text": stripped} if isinstance(block, Mapping) else {"type": "text", "text": stripped}
-    message["content"] = [*blocks[:block_index], new_block, *blocks[block_index + 1:]]
+    message["content"] = [*blocks[:block_index], new_block, *blocks[block_index + 1 :]]
     messages[message_index] = message
     out["messages"] = messages
     return out

@@ -52,5 +52,10 @@ class CloudHealth:
         return self.status is not Health.UP and now >= self.retry_at
 
     def snapshot(self) -> dict[str, object]:
-        return {"status": str(self.status), "retry_at": self.retry_at or None, "failures": self.failures,
-                "last_error": self.last_error or None, "last_probe": self.last_probe}
+        return {
+            "status": str(self.status),
+            "retry_at": self.retry_at or None,
+            "failures": self.failures,
+            "last_error": self.last_error or None,
+            "last_probe": self.last_probe,
+        }

@@ -28,9 +28,7 @@ _LEGACY: Final = re.compile(r"_session_([A-Za-z0-9\-]{1,128})$")
 def _checked(value: str, source: str) -> str:
     value = value.strip()
     if not _VALID.match(value):
-        raise invalid_request(
-            f"{source}: a session id must be 1-128 characters of letters, digits and . _ : @ -"
-        )
+        raise invalid_request(f"{source}: a session id must be 1-128 characters of letters, digits and . _ : @ -")
     return value
 
 

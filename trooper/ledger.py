@@ -378,8 +378,14 @@ def filter_messages(
         )
     if hits and egress_action == "redact":
         kept = _redact(kept, {hit.path for hit in hits})
-    return FilterResult(kept, bool(withheld_blocks) or (bool(hits) and egress_action == "redact"),
-                        withheld_blocks, withheld_turns, tuple(hits), frozenset(cloud_fps))
+    return FilterResult(
+        kept,
+        bool(withheld_blocks) or (bool(hits) and egress_action == "redact"),
+        withheld_blocks,
+        withheld_turns,
+        tuple(hits),
+        frozenset(cloud_fps),
+    )
 
 
 def _repair(messages: list[JSON], dropped_uses: set[str], withheld_results: set[str]) -> list[JSON]:
@@ -434,15 +440,17 @@ def _merge(first: JSON, second: JSON) -> JSON:
 
 def _add_notice(messages: list[JSON], at: int, turns: int) -> list[JSON]:
     plural = turns != 1
-    text = (f"[Trooper: {turns} earlier turn{'s' if plural else ''} of this conversation ran on a local "
-            f"model and {'are' if plural else 'is'} withheld from the cloud.]")
+    text = (
+        f"[Trooper: {turns} earlier turn{'s' if plural else ''} of this conversation ran on a local "
+        f"model and {'are' if plural else 'is'} withheld from the cloud.]"
+    )
     note = {"type": "text", "text": text}
     for position in range(min(at, len(messages)), len(messages)):
         message = messages[position]
         if message.get("role") == "user":
             blocks = content_blocks(message)
             lead = [b for b in blocks if isinstance(b, Mapping) and b.get("type") == "tool_result"]
-            messages[position] = {**message, "content": [*lead, note, *blocks[len(lead):]]}
+            messages[position] = {**message, "content": [*lead, note, *blocks[len(lead) :]]}
             return messages
     return messages
 
@@ -511,11 +519,18 @@ class Ledger:
         entries, self._cursor = self.store.ledger_since(self._cursor)
         self.index.add(entries)
 
-    def record_local(self, blocks: Iterable[Any], *, session: str, origin: Origin, shareable: bool = False,
-                     marker: str | None = None) -> int:
+    def record_local(
+        self, blocks: Iterable[Any], *, session: str, origin: Origin, shareable: bool = False, marker: str | None = None
+    ) -> int:
         """Durably record a local turn's blocks before anything else happens; returns entries written."""
-        entries = local_entries(blocks, session=session, origin=origin, shareable=shareable and origin != "forced",
-                                shingle_words=self.shingle_words, marker=marker)
+        entries = local_entries(
+            blocks,
+            session=session,
+            origin=origin,
+            shareable=shareable and origin != "forced",
+            shingle_words=self.shingle_words,
+            marker=marker,
+        )
         self.store.ledger_add(entries)
         self.index.add(entries)
         return len(entries)

@@ -16,22 +16,41 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("trooper_requests", "Requests served, by route and HTTP status.",
-                                ["route", "status"], registry=self.registry)
-        self.transitions = Counter("trooper_transitions", "State-machine transitions, by event.",
-                                   ["event"], registry=self.registry)
-        self.fallbacks = Counter("trooper_fallbacks", "Turns answered locally because the cloud could not.",
-                                 ["reason"], registry=self.registry)
-        self.withheld = Counter("trooper_withheld_blocks", "Content blocks withheld from cloud requests.",
-                                registry=self.registry)
-        self.guard_hits = Counter("trooper_egress_guard_hits", "Egress-guard matches, by action taken.",
-                                  ["action"], registry=self.registry)
-        self.first_byte = Histogram("trooper_time_to_first_byte_seconds",
-                                    "Time from request to response headers, by route.", ["route"],
-                                    buckets=_BUCKETS, registry=self.registry)
-        self.duration = Histogram("trooper_request_duration_seconds",
-                                  "Time from request to the response's last byte, by route.", ["route"],
-                                  buckets=_BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "trooper_requests",
+            "Requests served, by route and HTTP status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.transitions = Counter(
+            "trooper_transitions", "State-machine transitions, by event.", ["event"], registry=self.registry
+        )
+        self.fallbacks = Counter(
+            "trooper_fallbacks",
+            "Turns answered locally because the cloud could not.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.withheld = Counter(
+            "trooper_withheld_blocks", "Content blocks withheld from cloud requests.", registry=self.registry
+        )
+        self.guard_hits = Counter(
+            "trooper_egress_guard_hits", "Egress-guard matches, by action taken.", ["action"], registry=self.registry
+        )
+        self.first_byte = Histogram(
+            "trooper_time_to_first_byte_seconds",
+            "Time from request to response headers, by route.",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "trooper_request_duration_seconds",
+            "Time from request to the response's last byte, by route.",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -67,16 +67,18 @@ class TrooperApp:
         self.engine = engine
         self.owns_engine = engine is None
         self.max_body = config.server.max_body_bytes
-        self.admin_app = Starlette(routes=[
-            Route("/", self.root, methods=["GET", "HEAD"]),
-            Route("/trooper/health", self.health, methods=["GET"]),
-            Route("/trooper/sessions", self.sessions, methods=["GET"]),
-            Route("/trooper/sessions/{session}", self.session, methods=["GET"]),
-            Route("/trooper/sessions/{session}/audit", self.audit, methods=["GET"]),
-            Route("/trooper/sessions/{session}/graph", self.graph, methods=["GET"]),
-            Route("/trooper/metrics", self.metrics, methods=["GET"]),
-            Route("/metrics", self.metrics, methods=["GET"]),
-        ])
+        self.admin_app = Starlette(
+            routes=[
+                Route("/", self.root, methods=["GET", "HEAD"]),
+                Route("/trooper/health", self.health, methods=["GET"]),
+                Route("/trooper/sessions", self.sessions, methods=["GET"]),
+                Route("/trooper/sessions/{session}", self.session, methods=["GET"]),
+                Route("/trooper/sessions/{session}/audit", self.audit, methods=["GET"]),
+                Route("/trooper/sessions/{session}/graph", self.graph, methods=["GET"]),
+                Route("/trooper/metrics", self.metrics, methods=["GET"]),
+                Route("/metrics", self.metrics, methods=["GET"]),
+            ]
+        )
         self._pruner: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------------------- lifecycle
@@ -120,12 +122,20 @@ class TrooperApp:
             await self._api(scope, receive, send)
             return
         if scope["type"] == "http" and not _admin_path(scope["path"]):
-            await _send_whole(send, 404, _JSON_HEADERS, error_body(
-                "not_found_error", f"{scope['method']} {scope['path']}: no such route"))
+            await _send_whole(
+                send,
+                404,
+                _JSON_HEADERS,
+                error_body("not_found_error", f"{scope['method']} {scope['path']}: no such route"),
+            )
             return
         if not self._authorized(scope):
-            await _send_whole(send, 401, [*_JSON_HEADERS, (b"www-authenticate", b"Bearer")], error_body(
-                "authentication_error", "the admin API needs 'Authorization: Bearer <admin token>'"))
+            await _send_whole(
+                send,
+                401,
+                [*_JSON_HEADERS, (b"www-authenticate", b"Bearer")],
+                error_body("authentication_error", "the admin API needs 'Authorization: Bearer <admin token>'"),
+            )
             return
         await self.admin_app(scope, receive, _dating(send))
 
@@ -147,16 +157,16 @@ class TrooperApp:
         try:
             body = await self._read_body(scope, receive)
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
-            request = Incoming(scope["method"], scope["path"], scope["query_string"].decode("latin-1"),
-                               headers, body)
+            request = Incoming(scope["method"], scope["path"], scope["query_string"].decode("latin-1"), headers, body)
             reply = await engine.handle(request)
         except TrooperError as exc:
             await _send_whole(send, exc.status, _JSON_HEADERS, exc.body())
             return
         except Exception:
             log.exception("internal_error", path=scope["path"])
-            await _send_whole(send, 500, _JSON_HEADERS,
-                              error_body("api_error", "Trooper hit an internal error; see its log"))
+            await _send_whole(
+                send, 500, _JSON_HEADERS, error_body("api_error", "Trooper hit an internal error; see its log")
+            )
             return
         await _send_reply(send, reply)
 
@@ -218,8 +228,9 @@ class TrooperApp:
     async def graph(self, request: Request) -> Response:
         fmt = request.query_params.get("format", "mermaid")
         if fmt not in ("mermaid", "dot"):
-            return JSONResponse(orjson.loads(error_body("invalid_request_error",
-                                                        "format: must be 'mermaid' or 'dot'")), status_code=400)
+            return JSONResponse(
+                orjson.loads(error_body("invalid_request_error", "format: must be 'mermaid' or 'dot'")), status_code=400
+            )
         text = self._engine().session_graph(request.path_params["session"], "dot" if fmt == "dot" else "mermaid")
         if text is None:
             return _not_found(request.path_params["session"])
@@ -241,8 +252,11 @@ def _int_param(request: Request, name: str, default: int) -> int:
 
 
 def _not_found(session: str) -> Response:
-    return Response(error_body("not_found_error", f"no stored conversation {session!r}"), status_code=404,
-                    media_type="application/json")
+    return Response(
+        error_body("not_found_error", f"no stored conversation {session!r}"),
+        status_code=404,
+        media_type="application/json",
+    )
 
 
 def _too_large(limit: int) -> TrooperError:
@@ -251,16 +265,23 @@ def _too_large(limit: int) -> TrooperError:
 
 def _dating(send: Send) -> Send:
     """``send`` that dates the response start (the admin app's responses, as Trooper's own)."""
+
     async def dated(message: Message) -> None:
         if message["type"] == "http.response.start":
             message = {**message, "headers": _dated(list(message.get("headers", [])))}
         await send(message)
+
     return dated
 
 
 async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*_dated(headers), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*_dated(headers), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -284,8 +305,7 @@ async def _send_reply(send: Send, reply: Outgoing) -> None:
                 await stream.aclose()
 
 
-def create_app(config: Config | None = None, engine: Engine | None = None, *,
-               owns_engine: bool = False) -> TrooperApp:
+def create_app(config: Config | None = None, engine: Engine | None = None, *, owns_engine: bool = False) -> TrooperApp:
     """The ASGI app; pass ``engine`` to serve an engine you built (tests, embedders).
 
     An engine passed in is closed at shutdown only with ``owns_engine=True``; one the app builds

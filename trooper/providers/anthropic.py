@@ -34,10 +34,21 @@ from trooper.providers.base import (
 from trooper.providers.transport import TransportKind, make_transport
 
 #: Headers a proxy must not forward (RFC 9110 §7.6.1) plus those the HTTP client recomputes.
-HOP_BY_HOP: frozenset[str] = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade", "proxy-connection", "host", "content-length",
-})
+HOP_BY_HOP: frozenset[str] = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "host",
+        "content-length",
+    }
+)
 
 #: Messages that mean "the account is out of money or quota" whatever the status says.
 _QUOTA_MESSAGES: tuple[str, ...] = (
@@ -95,8 +106,9 @@ class AnthropicProvider:
         url = self.base_url + request.path + (f"?{request.query}" if request.query else "")
         try:
             async with asyncio.timeout(self._first_byte_timeout):
-                response = await self._transport.request(request.method, url,
-                                                         self.outgoing_headers(request.headers), request.body)
+                response = await self._transport.request(
+                    request.method, url, self.outgoing_headers(request.headers), request.body
+                )
         except TimeoutError as exc:
             raise Unreachable(f"no response from {self.base_url} within {self._first_byte_timeout:g}s") from exc
         if response.status >= 400:

@@ -494,8 +494,12 @@ class EventTranslator:
                 "content": [],
                 "stop_reason": None,
                 "stop_sequence": None,
-                "usage": {"input_tokens": self._input_tokens, "cache_creation_input_tokens": 0,
-                          "cache_read_input_tokens": 0, "output_tokens": 0},
+                "usage": {
+                    "input_tokens": self._input_tokens,
+                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 0,
+                    "output_tokens": 0,
+                },
             },
         }
 
@@ -509,19 +513,26 @@ class EventTranslator:
         events: list[JSON] = []
         if self._open != kind:
             events += self._close()
-            block: JSON = {"type": "text", "text": ""} if kind == "text" else \
-                {"type": "thinking", "thinking": "", "signature": ""}
+            block: JSON = (
+                {"type": "text", "text": ""}
+                if kind == "text"
+                else {"type": "thinking", "thinking": "", "signature": ""}
+            )
             events.append({"type": "content_block_start", "index": self._next_index, "content_block": block})
             self._open = kind
             self._next_index += 1
-        delta: JSON = {"type": "text_delta", "text": value} if kind == "text" else \
-            {"type": "thinking_delta", "thinking": value}
+        delta: JSON = (
+            {"type": "text_delta", "text": value} if kind == "text" else {"type": "thinking_delta", "thinking": value}
+        )
         events.append({"type": "content_block_delta", "index": self._next_index - 1, "delta": delta})
         return events
 
     def _tool_id(self, given: Any) -> str:
-        tool_id = given if isinstance(given, str) and _TOOL_ID.match(given) and given not in self._tool_ids \
+        tool_id = (
+            given
+            if isinstance(given, str) and _TOOL_ID.match(given) and given not in self._tool_ids
             else self._new_tool_id()
+        )
         self._tool_ids.add(tool_id)
         return tool_id
 
@@ -532,11 +543,20 @@ class EventTranslator:
         arguments = _arguments(function.get("arguments"))
         index = self._next_index
         self._next_index += 1
-        block = {"type": "tool_use", "id": self._tool_id(call.get("id")), "name": str(function.get("name", "")),
-                 "input": {}}
+        block = {
+            "type": "tool_use",
+            "id": self._tool_id(call.get("id")),
+            "name": str(function.get("name", "")),
+            "input": {},
+        }
         events.append({"type": "content_block_start", "index": index, "content_block": block})
-        events.append({"type": "content_block_delta", "index": index,
-                       "delta": {"type": "input_json_delta", "partial_json": orjson.dumps(arguments).decode()}})
+        events.append(
+            {
+                "type": "content_block_delta",
+                "index": index,
+                "delta": {"type": "input_json_delta", "partial_json": orjson.dumps(arguments).decode()},
+            }
+        )
         events.append({"type": "content_block_stop", "index": index})
         return events
 
@@ -546,13 +566,17 @@ class EventTranslator:
         tools_called = bool(self._tool_ids)
         prompt = chunk.get("prompt_eval_count")
         output = chunk.get("eval_count")
-        usage = {"input_tokens": prompt if isinstance(prompt, int) else self._input_tokens,
-                 "output_tokens": output if isinstance(output, int) else 0}
-        events.append({
-            "type": "message_delta",
-            "delta": {"stop_reason": stop_reason(chunk.get("done_reason"), tools_called), "stop_sequence": None},
-            "usage": usage,
-        })
+        usage = {
+            "input_tokens": prompt if isinstance(prompt, int) else self._input_tokens,
+            "output_tokens": output if isinstance(output, int) else 0,
+        }
+        events.append(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason(chunk.get("done_reason"), tools_called), "stop_sequence": None},
+                "usage": usage,
+            }
+        )
         events.append({"type": "message_stop"})
         return events
 
@@ -598,7 +622,8 @@ def classify(
     if status == 404:
         if "model" in lowered and "not found" in lowered:
             return ModelNotFound(
-                f"local model '{model}' is not installed in Ollama at {base_url} (ollama pull {model})", **kwargs)
+                f"local model '{model}' is not installed in Ollama at {base_url} (ollama pull {model})", **kwargs
+            )
         return ProviderError(f"{base_url} answered 404 to /api/chat; is it an Ollama server? ({message})", **kwargs)
     if status in (401, 403):
         return AuthError(f"Ollama at {base_url} refused the request: {message}", **kwargs)
@@ -636,8 +661,9 @@ def context_length_from_show(show: Mapping[str, Any]) -> int | None:
 # ====================================================================== the async edge
 
 
-def _make_client(base_url: str, connect_timeout: float, idle_timeout: float,
-                 transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+def _make_client(
+    base_url: str, connect_timeout: float, idle_timeout: float, transport: httpx.AsyncBaseTransport | None
+) -> httpx.AsyncClient:
     """httpx over aiohttp's pool (DESIGN §8). No read timeout here: waits are bounded per phase in
     :class:`OllamaProvider` (first byte, then idle gaps), because one socket read timeout cannot
     tell a model loading for minutes from a stream that stalled."""
@@ -683,8 +709,9 @@ class OllamaProvider:
         self.probe_timeout = probe_timeout
         self.keep_alive = keep_alive
         self._owns_client = client is None
-        self._client = client if client is not None else _make_client(
-            self.base_url, connect_timeout, idle_timeout, transport)
+        self._client = (
+            client if client is not None else _make_client(self.base_url, connect_timeout, idle_timeout, transport)
+        )
         self._no_think: set[str] = set()
         self._context_lengths: dict[str, int] = {}
 
@@ -709,12 +736,18 @@ class OllamaProvider:
         as the first line, silence past ``first_byte_timeout``) raises before anything is yielded,
         so the engine can still answer with a clean error or fall back.
         """
-        payload = to_ollama_request(request.body, model=request.model, stream=request.stream,
-                                    num_ctx=request.num_ctx, keep_alive=self.keep_alive)
+        payload = to_ollama_request(
+            request.body,
+            model=request.model,
+            stream=request.stream,
+            num_ctx=request.num_ctx,
+            keep_alive=self.keep_alive,
+        )
         if request.model in self._no_think:
             payload.pop("think", None)
-        translator = EventTranslator(request.model, input_tokens=estimate_input_tokens(payload),
-                                     emit_thinking=_thinking_displayed(request.body))
+        translator = EventTranslator(
+            request.model, input_tokens=estimate_input_tokens(payload), emit_thinking=_thinking_displayed(request.body)
+        )
         first_deadline = asyncio.get_running_loop().time() + self.first_byte_timeout
         response = await self._open_chat(request.model, payload, first_deadline)
         try:
@@ -737,8 +770,9 @@ class OllamaProvider:
             return self._context_lengths[model]
         try:
             async with asyncio.timeout(self.probe_timeout):
-                response = await self._client.post("/api/show", content=orjson.dumps({"model": model}),
-                                                   headers=_JSON_HEADERS)
+                response = await self._client.post(
+                    "/api/show", content=orjson.dumps({"model": model}), headers=_JSON_HEADERS
+                )
         except (TimeoutError, *_TRANSPORT_ERRORS):
             return None
         if response.status_code != 200:
@@ -770,8 +804,7 @@ class OllamaProvider:
     # -- internals
 
     async def _send(self, payload: JSON, deadline: float) -> httpx.Response:
-        request = self._client.build_request("POST", "/api/chat", content=orjson.dumps(payload),
-                                             headers=_JSON_HEADERS)
+        request = self._client.build_request("POST", "/api/chat", content=orjson.dumps(payload), headers=_JSON_HEADERS)
         try:
             async with asyncio.timeout_at(deadline):
                 return await self._client.send(request, stream=True)
@@ -810,8 +843,9 @@ class OllamaProvider:
                 break
         return body
 
-    async def _objects(self, response: httpx.Response, first_deadline: float,
-                       stream: bool) -> AsyncGenerator[JSON, None]:
+    async def _objects(
+        self, response: httpx.Response, first_deadline: float, stream: bool
+    ) -> AsyncGenerator[JSON, None]:
         """The JSON objects of the body, each read bounded by the first-byte deadline (until the first
         object) or by ``idle_timeout`` (after it). Transport failures become :class:`Unreachable`."""
         loop = asyncio.get_running_loop()
@@ -830,8 +864,9 @@ class OllamaProvider:
                 except TimeoutError as exc:
                     raise Unreachable(self._silence(seen)) from exc
                 except _TRANSPORT_ERRORS as exc:
-                    raise Unreachable(f"the connection to Ollama at {self.base_url} broke: "
-                                      f"{exc or type(exc).__name__}") from exc
+                    raise Unreachable(
+                        f"the connection to Ollama at {self.base_url} broke: {exc or type(exc).__name__}"
+                    ) from exc
                 if not stream:  # one JSON object, possibly split over several reads
                     whole += data
                     seen = True

@@ -40,8 +40,12 @@ def discover(eps: Iterable[EntryPoint] | None = None) -> dict[str, ProviderFacto
             log.warning("provider_plugin_failed", plugin=ep.name, target=ep.value, error=repr(exc))
             continue
         if not callable(getattr(factory, "from_config", None)):
-            log.warning("provider_plugin_invalid", plugin=ep.name, target=ep.value,
-                        error="entry point has no from_config(config)")
+            log.warning(
+                "provider_plugin_invalid",
+                plugin=ep.name,
+                target=ep.value,
+                error="entry point has no from_config(config)",
+            )
             continue
         if ep.name in found:
             log.warning("provider_plugin_duplicate", plugin=ep.name, target=ep.value)

@@ -41,8 +41,9 @@ KEEPALIVE_SECONDS = 30.0
 class Transport(Protocol):
     """Send one request; return when the response headers have arrived, the body still unread."""
 
-    async def request(self, method: str, url: str, headers: Sequence[tuple[str, str]],
-                      body: bytes) -> UpstreamResponse: ...
+    async def request(
+        self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes
+    ) -> UpstreamResponse: ...
 
     async def aclose(self) -> None: ...
 
@@ -112,8 +113,9 @@ class AiohttpTransport:
     def __init__(self, *, connect_timeout: float, idle_timeout: float) -> None:
         # sock_read bounds every wait for bytes, including the one for the response headers, so
         # a stream may run for hours as long as it keeps talking.
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout,
-                                              sock_connect=connect_timeout, sock_read=idle_timeout)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=idle_timeout
+        )
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -121,19 +123,22 @@ class AiohttpTransport:
         tls = ssl.create_default_context(cafile=certifi.where())
         connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_SECONDS, ssl=tls)
         return aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            timeout=self._timeout, trust_env=False,
+            timeout=self._timeout,
+            trust_env=False,
         )
 
-    async def request(self, method: str, url: str, headers: Sequence[tuple[str, str]],
-                      body: bytes) -> AiohttpResponse:
+    async def request(self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes) -> AiohttpResponse:
         session = self._session
         if session is None or session.closed:
             session = self._session = self._open()
         try:
-            response = await session.request(method, url, headers=headers, data=body or None,
-                                             allow_redirects=False, compress=None)
+            response = await session.request(
+                method, url, headers=headers, data=body or None, allow_redirects=False, compress=None
+            )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise Unreachable(f"cannot reach {url}: timed out ({root_cause(exc)})") from exc
         except (aiohttp.ClientError, OSError) as exc:
@@ -188,12 +193,13 @@ class HttpxTransport:
     of a client's conveniences — no default headers, no redirects, and no cookie jar.
     """
 
-    def __init__(self, kind: Literal["httpx-aiohttp", "httpx"], *, connect_timeout: float,
-                 idle_timeout: float) -> None:
-        limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=64,
-                              keepalive_expiry=KEEPALIVE_SECONDS)
-        self._timeouts = httpx.Timeout(connect=connect_timeout, read=idle_timeout, write=idle_timeout,
-                                       pool=connect_timeout).as_dict()
+    def __init__(self, kind: Literal["httpx-aiohttp", "httpx"], *, connect_timeout: float, idle_timeout: float) -> None:
+        limits = httpx.Limits(
+            max_connections=MAX_CONNECTIONS, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_SECONDS
+        )
+        self._timeouts = httpx.Timeout(
+            connect=connect_timeout, read=idle_timeout, write=idle_timeout, pool=connect_timeout
+        ).as_dict()
         self._transport: httpx.AsyncBaseTransport
         if kind == "httpx-aiohttp":
             from httpx_aiohttp import AiohttpTransport as HttpxAiohttpTransport
@@ -202,10 +208,10 @@ class HttpxTransport:
         else:
             self._transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
 
-    async def request(self, method: str, url: str, headers: Sequence[tuple[str, str]],
-                      body: bytes) -> HttpxResponse:
-        built = httpx.Request(method, url, headers=headers, content=body or None,
-                              extensions={"timeout": self._timeouts})
+    async def request(self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes) -> HttpxResponse:
+        built = httpx.Request(
+            method, url, headers=headers, content=body or None, extensions={"timeout": self._timeouts}
+        )
         try:
             response = await self._transport.handle_async_request(built)
         except (httpx.TransportError, OSError) as exc:

@@ -51,15 +51,17 @@ class SessionStore(Protocol):
 
     def audit_append(self, session: str, at: float, kind: str, data: dict[str, Any]) -> None: ...
 
-    def write(self, session: str, at: float, conversation: dict[str, Any] | None,
-              audit: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    def write(
+        self, session: str, at: float, conversation: dict[str, Any] | None, audit: Sequence[tuple[str, dict[str, Any]]]
+    ) -> None:
         """Save a conversation and append audit records in one transaction (one commit per turn)."""
         ...
 
     def audit(self, session: str) -> list[dict[str, Any]]: ...
 
-    def prune(self, *, older_than: float | None, max_sessions: int | None,
-              max_audit_per_session: int | None) -> dict[str, int]:
+    def prune(
+        self, *, older_than: float | None, max_sessions: int | None, max_audit_per_session: int | None
+    ) -> dict[str, int]:
         """Drop old conversations and audit records; never ledger entries. Returns counts removed."""
         ...
 

@@ -49,8 +49,9 @@ class MemoryStore:
         with self._lock:
             self._audit.setdefault(session, []).append({"at": at, "kind": kind, **data})
 
-    def write(self, session: str, at: float, conversation: dict[str, Any] | None,
-              audit: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    def write(
+        self, session: str, at: float, conversation: dict[str, Any] | None, audit: Sequence[tuple[str, dict[str, Any]]]
+    ) -> None:
         with self._lock:
             if conversation is not None:
                 self._conversations[session] = (dict(conversation), at)
@@ -60,8 +61,9 @@ class MemoryStore:
         with self._lock:
             return list(self._audit.get(session, []))
 
-    def prune(self, *, older_than: float | None, max_sessions: int | None,
-              max_audit_per_session: int | None) -> dict[str, int]:
+    def prune(
+        self, *, older_than: float | None, max_sessions: int | None, max_audit_per_session: int | None
+    ) -> dict[str, int]:
         with self._lock:
             by_age = sorted(self._conversations.items(), key=lambda item: item[1][1], reverse=True)
             doomed = {sid for sid, (_, at) in by_age if older_than is not None and at < older_than}

@@ -103,8 +103,9 @@ class SQLiteStore:
                 (session, at, kind, orjson.dumps(data)),
             )
 
-    def write(self, session: str, at: float, conversation: dict[str, Any] | None,
-              audit: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    def write(
+        self, session: str, at: float, conversation: dict[str, Any] | None, audit: Sequence[tuple[str, dict[str, Any]]]
+    ) -> None:
         blob = orjson.dumps(conversation) if conversation is not None else None
         rows = [(session, data.get("at", at), kind, orjson.dumps(data)) for kind, data in audit]
         with self._lock:
@@ -129,18 +130,25 @@ class SQLiteStore:
             ).fetchall()
         return [{"at": at, "kind": kind, **orjson.loads(data)} for at, kind, data in rows]
 
-    def prune(self, *, older_than: float | None, max_sessions: int | None,
-              max_audit_per_session: int | None) -> dict[str, int]:
+    def prune(
+        self, *, older_than: float | None, max_sessions: int | None, max_audit_per_session: int | None
+    ) -> dict[str, int]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 doomed: set[str] = set()
                 if older_than is not None:
-                    doomed |= {row[0] for row in self._db.execute(
-                        "SELECT id FROM conversations WHERE updated < ?", (older_than,))}
+                    doomed |= {
+                        row[0]
+                        for row in self._db.execute("SELECT id FROM conversations WHERE updated < ?", (older_than,))
+                    }
                 if max_sessions is not None:
-                    doomed |= {row[0] for row in self._db.execute(
-                        "SELECT id FROM conversations ORDER BY updated DESC LIMIT -1 OFFSET ?", (max_sessions,))}
+                    doomed |= {
+                        row[0]
+                        for row in self._db.execute(
+                            "SELECT id FROM conversations ORDER BY updated DESC LIMIT -1 OFFSET ?", (max_sessions,)
+                        )
+                    }
                 self._db.executemany("DELETE FROM conversations WHERE id = ?", [(sid,) for sid in doomed])
                 removed = 0
                 for sid in doomed:

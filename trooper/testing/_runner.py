@@ -20,8 +20,9 @@ import uvicorn
 class LoopbackServer:
     """``with LoopbackServer(app) as server: server.url`` — an app served on ``127.0.0.1:<port>``."""
 
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0, http: str = "httptools",
-                 **uvicorn_options: Any) -> None:
+    def __init__(
+        self, app: Any, *, host: str = "127.0.0.1", port: int = 0, http: str = "httptools", **uvicorn_options: Any
+    ) -> None:
         """``uvicorn_options`` go to :class:`uvicorn.Config` as they are (Trooper passes
         :data:`trooper.server.UVICORN_OPTIONS`, so tests serve it exactly as ``trooper serve`` does)."""
         self.app = app
@@ -31,8 +32,14 @@ class LoopbackServer:
         self._sock.bind((host, port))
         self.port: int = self._sock.getsockname()[1]
         config = uvicorn.Config(
-            app, log_level="warning", lifespan="on", http=http, loop="asyncio", access_log=False,
-            timeout_graceful_shutdown=1, **uvicorn_options,
+            app,
+            log_level="warning",
+            lifespan="on",
+            http=http,
+            loop="asyncio",
+            access_log=False,
+            timeout_graceful_shutdown=1,
+            **uvicorn_options,
         )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None

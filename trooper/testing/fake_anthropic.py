@@ -111,16 +111,44 @@ __all__ = [
 
 #: Top-level fields ``POST /v1/messages`` accepts. Anything else is a 400, exactly what Trooper must
 #: never provoke by forwarding its own fields. ``diagnostics`` and ``speed`` are in the current SDK.
-MESSAGES_FIELDS: Final = frozenset({
-    "model", "max_tokens", "messages", "system", "stream", "temperature", "top_p", "top_k", "stop_sequences",
-    "tools", "tool_choice", "metadata", "thinking", "cache_control", "output_config", "context_management",
-    "service_tier", "container", "inference_geo", "mcp_servers", "diagnostics", "speed",
-})
+MESSAGES_FIELDS: Final = frozenset(
+    {
+        "model",
+        "max_tokens",
+        "messages",
+        "system",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop_sequences",
+        "tools",
+        "tool_choice",
+        "metadata",
+        "thinking",
+        "cache_control",
+        "output_config",
+        "context_management",
+        "service_tier",
+        "container",
+        "inference_geo",
+        "mcp_servers",
+        "diagnostics",
+        "speed",
+    }
+)
 
 #: Extra fields the beta surface (``?beta=true``) accepts on top of :data:`MESSAGES_FIELDS`.
-BETA_FIELDS: Final = frozenset({
-    "output_format", "thread", "fallbacks", "billing_policy", "fallback_credit_token", "compaction",
-})
+BETA_FIELDS: Final = frozenset(
+    {
+        "output_format",
+        "thread",
+        "fallbacks",
+        "billing_policy",
+        "fallback_credit_token",
+        "compaction",
+    }
+)
 
 CREDIT_BALANCE_TOO_LOW: Final = (
     "Your credit balance is too low to access the Anthropic API. "
@@ -314,13 +342,9 @@ CountScript: TypeAlias = CountOutcome | Callable[[RecordedRequest], CountOutcome
 # ------------------------------------------------------------------------------------------ factories
 
 
-def text(
-    *texts: str, stop_reason: str = "end_turn", usage: Usage | None = None, model: str | None = None
-) -> Reply:
+def text(*texts: str, stop_reason: str = "end_turn", usage: Usage | None = None, model: str | None = None) -> Reply:
     """One text block per argument (``"ok"`` when none)."""
-    return Reply(
-        [Text(t) for t in (texts or ("ok",))], stop_reason=stop_reason, usage=usage or Usage(), model=model
-    )
+    return Reply([Text(t) for t in (texts or ("ok",))], stop_reason=stop_reason, usage=usage or Usage(), model=model)
 
 
 def tool_use(
@@ -366,7 +390,8 @@ def rate_limited(retry_after: int = 30, message: str | None = None) -> ErrorRepl
     reset = (datetime.now(UTC) + timedelta(seconds=retry_after)).strftime("%Y-%m-%dT%H:%M:%SZ")
     return error(
         429,
-        message or "This request would exceed the rate limit for your organization of 50 requests per minute. "
+        message
+        or "This request would exceed the rate limit for your organization of 50 requests per minute. "
         "For details, refer to: https://docs.claude.com/en/api/rate-limits. You can see the response headers "
         "for current usage. Please reduce the prompt length or the maximum tokens requested, or try again later.",
         headers={
@@ -552,8 +577,10 @@ def _usage_json(usage: Usage, input_tokens: int, output_tokens: int) -> JSON:
         "input_tokens": input_tokens,
         "cache_creation_input_tokens": usage.cache_creation_input_tokens,
         "cache_read_input_tokens": usage.cache_read_input_tokens,
-        "cache_creation": {"ephemeral_5m_input_tokens": usage.cache_creation_input_tokens,
-                           "ephemeral_1h_input_tokens": 0},
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": usage.cache_creation_input_tokens,
+            "ephemeral_1h_input_tokens": 0,
+        },
         "output_tokens": output_tokens,
         "server_tool_use": None,
         "service_tier": "standard",
@@ -564,8 +591,9 @@ def render_message(reply: Reply, body: Any) -> JSON:
     """The ``Message`` object ``reply`` stands for, given the request ``body`` (model, token estimate)."""
     content = [_block_json(block) for block in reply.content]
     model = reply.model or (body.get("model") if isinstance(body, Mapping) else None) or "claude-sonnet-5"
-    produced = sum(len(b.get("text") or b.get("thinking") or b.get("data") or orjson.dumps(b.get("input")))
-                   for b in content)
+    produced = sum(
+        len(b.get("text") or b.get("thinking") or b.get("data") or orjson.dumps(b.get("input"))) for b in content
+    )
     return {
         "id": new_message_id(),
         "type": "message",
@@ -608,8 +636,18 @@ def stream_events(message: Mapping[str, Any]) -> Iterator[JSON]:
                 yield {**event, "delta": {"type": delta["type"], field: piece}}
             continue
         if kind == "message_delta":
-            event = {**event, "usage": {key: usage.get(key) for key in (
-                "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")}}
+            event = {
+                **event,
+                "usage": {
+                    key: usage.get(key)
+                    for key in (
+                        "input_tokens",
+                        "cache_creation_input_tokens",
+                        "cache_read_input_tokens",
+                        "output_tokens",
+                    )
+                },
+            }
         yield event
         if kind == "message_start":
             yield {"type": "ping"}
@@ -876,15 +914,27 @@ class FakeAnthropic(RequestLog):
     def _headers(self, request_id: str, extra: Iterable[tuple[str, str]] = ()) -> Headers:
         return (("request-id", request_id), ("anthropic-organization-id", self.organization_id), *extra)
 
-    def _json_plan(self, status: int, payload: Any, extra: Iterable[tuple[str, str]] = (), *,
-                   request_id: str | None = None) -> _Plan:
+    def _json_plan(
+        self, status: int, payload: Any, extra: Iterable[tuple[str, str]] = (), *, request_id: str | None = None
+    ) -> _Plan:
         body = orjson.dumps(payload)
-        headers = (("content-type", "application/json"), ("content-length", str(len(body))),
-                   *self._headers(request_id or new_request_id(), extra))
+        headers = (
+            ("content-type", "application/json"),
+            ("content-length", str(len(body))),
+            *self._headers(request_id or new_request_id(), extra),
+        )
         return _Plan(status=status, headers=headers, chunks=(body,))
 
-    def _error_plan(self, status: int, error_type: str, message: str, *, extra: Iterable[tuple[str, str]] = (),
-                    details: Mapping[str, Any] | None = None, delay: float = 0.0) -> _Plan:
+    def _error_plan(
+        self,
+        status: int,
+        error_type: str,
+        message: str,
+        *,
+        extra: Iterable[tuple[str, str]] = (),
+        details: Mapping[str, Any] | None = None,
+        delay: float = 0.0,
+    ) -> _Plan:
         request_id = new_request_id()
         payload = error_payload(error_type, message)
         if details is not None:
@@ -930,8 +980,14 @@ class FakeAnthropic(RequestLog):
         if isinstance(outcome, Disconnect):
             return _Plan(opening="disconnect")
         if isinstance(outcome, ErrorReply):
-            return self._error_plan(outcome.status, outcome.error_type, outcome.message, extra=outcome.headers,
-                                    details=outcome.details, delay=outcome.delay)
+            return self._error_plan(
+                outcome.status,
+                outcome.error_type,
+                outcome.message,
+                extra=outcome.headers,
+                details=outcome.details,
+                delay=outcome.delay,
+            )
         if isinstance(outcome, TokenCount):
             return self._json_plan(200, {"input_tokens": outcome.input_tokens})
         return self._reply_plan(outcome, body, stream=stream)
@@ -950,8 +1006,9 @@ class FakeAnthropic(RequestLog):
                     plan = attrs.evolve(plan, chunks=(whole[: len(whole) // 2],), drop=True)
                 elif isinstance(fault, Garbage):
                     length = ("content-length", str(len(fault.data)))
-                    headers = tuple(length if name == "content-length" else (name, value)
-                                    for name, value in plan.headers)
+                    headers = tuple(
+                        length if name == "content-length" else (name, value) for name, value in plan.headers
+                    )
                     plan = attrs.evolve(plan, headers=headers, chunks=(fault.data,))
             return attrs.evolve(plan, header_delay=reply.header_delay)
 
@@ -966,10 +1023,19 @@ class FakeAnthropic(RequestLog):
                 frames, drop = frames[:cut], True
             else:
                 frames = [*frames[:cut], fault.data, *frames[cut:]]
-        headers = (("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
-                   *self._headers(request_id, reply.headers))
-        return _Plan(status=200, headers=headers, chunks=tuple(frames), header_delay=reply.header_delay,
-                     chunk_delay=reply.event_delay, drop=drop)
+        headers = (
+            ("content-type", "text/event-stream; charset=utf-8"),
+            ("cache-control", "no-cache"),
+            *self._headers(request_id, reply.headers),
+        )
+        return _Plan(
+            status=200,
+            headers=headers,
+            chunks=tuple(frames),
+            header_delay=reply.header_delay,
+            chunk_delay=reply.event_delay,
+            drop=drop,
+        )
 
     async def _count_tokens(self, request: Request) -> Response:
         recorded: RecordedRequest = request.scope[_SCOPE_RECORDED]
@@ -983,8 +1049,12 @@ class FakeAnthropic(RequestLog):
         return self._play(self._outcome_plan(outcome, body, stream=False))
 
     def _model_json(self, model_id: str) -> JSON:
-        return {"type": "model", "id": model_id, "display_name": _display_name(model_id),
-                "created_at": _created_at(model_id)}
+        return {
+            "type": "model",
+            "id": model_id,
+            "display_name": _display_name(model_id),
+            "created_at": _created_at(model_id),
+        }
 
     async def _list_models(self, request: Request) -> Response:
         ids = list(self.models)
@@ -994,8 +1064,9 @@ class FakeAnthropic(RequestLog):
         except ValueError:
             return self._play(self._error_plan(400, "invalid_request_error", "limit: Input should be a valid integer"))
         if not 1 <= limit <= 1000:
-            return self._play(self._error_plan(400, "invalid_request_error",
-                                               "limit: Input should be between 1 and 1000"))
+            return self._play(
+                self._error_plan(400, "invalid_request_error", "limit: Input should be between 1 and 1000")
+            )
         if (after := params.get("after_id")) in ids:
             ids = ids[ids.index(after) + 1 :]
         if (before := params.get("before_id")) in ids:
@@ -1003,8 +1074,12 @@ class FakeAnthropic(RequestLog):
             has_more, ids = len(ids) > limit, ids[-limit:]
         else:
             has_more, ids = len(ids) > limit, ids[:limit]
-        page = {"data": [self._model_json(model_id) for model_id in ids], "has_more": has_more,
-                "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None}
+        page = {
+            "data": [self._model_json(model_id) for model_id in ids],
+            "has_more": has_more,
+            "first_id": ids[0] if ids else None,
+            "last_id": ids[-1] if ids else None,
+        }
         return self._play(self._json_plan(200, page))
 
     async def _get_model(self, request: Request) -> Response:

@@ -257,14 +257,16 @@ class FakeOllama(RequestLog):
     # -- the ASGI app
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/", self._root, methods=["GET", "HEAD"]),
-            Route("/api/version", self._version, methods=["GET"]),
-            Route("/api/tags", self._tags, methods=["GET"]),
-            Route("/api/show", self._show, methods=["POST"]),
-            Route("/api/chat", self._chat, methods=["POST"]),
-            Route("/{path:path}", self._not_found, methods=_ALL_METHODS),
-        ])
+        return Starlette(
+            routes=[
+                Route("/", self._root, methods=["GET", "HEAD"]),
+                Route("/api/version", self._version, methods=["GET"]),
+                Route("/api/tags", self._tags, methods=["GET"]),
+                Route("/api/show", self._show, methods=["POST"]),
+                Route("/api/chat", self._chat, methods=["POST"]),
+                Route("/{path:path}", self._not_found, methods=_ALL_METHODS),
+            ]
+        )
 
     async def _record(self, request: Request) -> RecordedRequest:
         recorded = RecordedRequest(
@@ -348,17 +350,38 @@ class FakeOllama(RequestLog):
                 cut = max(0, min(reply.error_after, len(lines) - 1))
                 lines = [*lines[:cut], {"error": reply.error}]
             parts = [orjson.dumps(line) + b"\n" for line in lines]
-            return _Lines(200, _NDJSON, parts, delay=reply.delay, headers_delay=reply.headers_delay,
-                          drop_after=reply.drop_after, closing=self._closing)
+            return _Lines(
+                200,
+                _NDJSON,
+                parts,
+                delay=reply.delay,
+                headers_delay=reply.headers_delay,
+                drop_after=reply.drop_after,
+                closing=self._closing,
+            )
         if reply.error is not None:
-            return _Lines(500, _JSON, [orjson.dumps({"error": reply.error})], headers_delay=reply.headers_delay,
-                          closing=self._closing, content_length=True)
+            return _Lines(
+                500,
+                _JSON,
+                [orjson.dumps({"error": reply.error})],
+                headers_delay=reply.headers_delay,
+                closing=self._closing,
+                content_length=True,
+            )
         whole = orjson.dumps(final_object(reply, model))
         if reply.drop_after is not None:  # promise the whole body, send half of it, hang up
-            return _Lines(200, _JSON, [whole[: len(whole) // 2], whole[len(whole) // 2 :]], drop_after=1,
-                          headers_delay=reply.headers_delay, closing=self._closing, declared_length=len(whole))
-        return _Lines(200, _JSON, [whole], headers_delay=reply.headers_delay, closing=self._closing,
-                      content_length=True)
+            return _Lines(
+                200,
+                _JSON,
+                [whole[: len(whole) // 2], whole[len(whole) // 2 :]],
+                drop_after=1,
+                headers_delay=reply.headers_delay,
+                closing=self._closing,
+                declared_length=len(whole),
+            )
+        return _Lines(
+            200, _JSON, [whole], headers_delay=reply.headers_delay, closing=self._closing, content_length=True
+        )
 
 
 # --------------------------------------------------------------------------------- wire shapes
@@ -402,17 +425,38 @@ def stream_lines(reply: Reply, model: str) -> list[dict[str, Any]]:
     """The NDJSON objects Ollama streams for ``reply`` (field order as Ollama's Go structs)."""
     lines: list[dict[str, Any]] = []
     for piece in _words(reply.thinking):
-        lines.append({"model": model, "created_at": _now(),
-                      "message": {"role": "assistant", "content": "", "thinking": piece}, "done": False})
+        lines.append(
+            {
+                "model": model,
+                "created_at": _now(),
+                "message": {"role": "assistant", "content": "", "thinking": piece},
+                "done": False,
+            }
+        )
     for piece in _words(reply.text):
-        lines.append({"model": model, "created_at": _now(),
-                      "message": {"role": "assistant", "content": piece}, "done": False})
+        lines.append(
+            {"model": model, "created_at": _now(), "message": {"role": "assistant", "content": piece}, "done": False}
+        )
     if reply.tool_calls:
         calls = [_tool_call(call, i) for i, call in enumerate(reply.tool_calls)]
-        lines.append({"model": model, "created_at": _now(),
-                      "message": {"role": "assistant", "content": "", "tool_calls": calls}, "done": False})
-    lines.append({"model": model, "created_at": _now(), "message": {"role": "assistant", "content": ""},
-                  "done_reason": reply.done_reason, "done": True, **_metrics(reply, len(lines))})
+        lines.append(
+            {
+                "model": model,
+                "created_at": _now(),
+                "message": {"role": "assistant", "content": "", "tool_calls": calls},
+                "done": False,
+            }
+        )
+    lines.append(
+        {
+            "model": model,
+            "created_at": _now(),
+            "message": {"role": "assistant", "content": ""},
+            "done_reason": reply.done_reason,
+            "done": True,
+            **_metrics(reply, len(lines)),
+        }
+    )
     return lines
 
 
@@ -424,25 +468,43 @@ def final_object(reply: Reply, model: str) -> dict[str, Any]:
     if reply.tool_calls:
         message["tool_calls"] = [_tool_call(call, i) for i, call in enumerate(reply.tool_calls)]
     sent = len(_words(reply.thinking)) + len(_words(reply.text)) + (1 if reply.tool_calls else 0)
-    return {"model": model, "created_at": _now(), "message": message, "done_reason": reply.done_reason,
-            "done": True, **_metrics(reply, sent)}
+    return {
+        "model": model,
+        "created_at": _now(),
+        "message": message,
+        "done_reason": reply.done_reason,
+        "done": True,
+        **_metrics(reply, sent),
+    }
 
 
 def _details(model: FakeModel) -> dict[str, Any]:
-    return {"parent_model": "", "format": "gguf", "family": model.arch, "families": [model.arch],
-            "parameter_size": model.parameter_size, "quantization_level": model.quantization_level}
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": model.arch,
+        "families": [model.arch],
+        "parameter_size": model.parameter_size,
+        "quantization_level": model.quantization_level,
+    }
 
 
 def _tag_entry(model: FakeModel) -> dict[str, Any]:
-    return {"name": model.tagged, "model": model.tagged, "modified_at": "2026-01-15T10:00:00.000000Z",
-            "size": 5_200_000_000, "digest": "0" * 64, "details": _details(model)}
+    return {
+        "name": model.tagged,
+        "model": model.tagged,
+        "modified_at": "2026-01-15T10:00:00.000000Z",
+        "size": 5_200_000_000,
+        "digest": "0" * 64,
+        "details": _details(model),
+    }
 
 
 def _show_entry(model: FakeModel) -> dict[str, Any]:
     arch = model.arch
     return {
         "license": "Apache License 2.0",
-        "modelfile": f"# Modelfile generated by \"ollama show\"\nFROM {model.tagged}\n",
+        "modelfile": f'# Modelfile generated by "ollama show"\nFROM {model.tagged}\n',
         "parameters": "temperature 0.6\ntop_k 20\ntop_p 0.95",
         "template": "{{ .Prompt }}",
         "details": _details(model),
@@ -506,8 +568,11 @@ class _Lines(Response):
         self._delay = delay
         self._headers_delay = headers_delay
         self._drop_after = drop_after
-        length = declared_length if declared_length is not None else (
-            sum(len(p) for p in self._parts) if content_length else None)
+        length = (
+            declared_length
+            if declared_length is not None
+            else (sum(len(p) for p in self._parts) if content_length else None)
+        )
         self.raw_headers = [(b"content-type", media_type.encode("latin-1"))]
         if length is not None:
             self.raw_headers.append((b"content-length", str(length).encode()))
@@ -526,8 +591,13 @@ class _Lines(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._headers_delay and not await self._sleep(self._headers_delay):
             body = orjson.dumps({"error": "server shutting down"})
-            await send({"type": "http.response.start", "status": 503,
-                        "headers": [(b"content-type", _JSON.encode()), (b"content-length", str(len(body)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [(b"content-type", _JSON.encode()), (b"content-length", str(len(body)).encode())],
+                }
+            )
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
