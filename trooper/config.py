@@ -48,6 +48,13 @@ def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> N
         raise ValueError(f"{attribute.name} must be positive, got {value!r}")
 
 
+def _marker(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    if not value.strip():
+        raise ValueError(f"{attribute.name} must not be empty: it is how a prompt asks for a local turn")
+    if any(character.isspace() for character in value):
+        raise ValueError(f"{attribute.name} must be one word without spaces, got {value!r}")
+
+
 @attrs.frozen
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -58,6 +65,9 @@ class ServerConfig:
     #: Bearer token the admin API (``/trooper/…``, ``/metrics``) requires. Trooper refuses to listen on
     #: a non-loopback address without one.
     admin_token: str | None = attrs.field(default=None, repr=False)
+    #: ``trooper serve`` refuses the in-memory store, which loses the provenance ledger on restart,
+    #: unless this acknowledges it (``--ephemeral``).
+    ephemeral: bool = False
 
 
 @attrs.frozen
@@ -97,8 +107,9 @@ class OllamaConfig:
 
 @attrs.frozen
 class LocalityConfig:
-    #: A prompt that starts with this token runs locally (the token is stripped).
-    marker: str = DEFAULT_LOCAL_MARKER
+    #: A prompt that starts with this token runs locally (the token is stripped). It cannot be empty:
+    #: an empty marker would silently turn the control off and send ``::local`` prompts to the cloud.
+    marker: str = attrs.field(default=DEFAULT_LOCAL_MARKER, validator=_marker)
     #: Replace withheld local turns with a one-line notice saying only how many were withheld.
     withheld_notice: bool = True
     #: What the egress guard does when a cloud payload contains ledgered text: block, redact or warn.
@@ -106,8 +117,11 @@ class LocalityConfig:
     #: Let content of fallback turns (quota/offline) reach the cloud once it recovers. Content the user
     #: forced local is never shared, whatever this says.
     share_fallback_after_recovery: bool = False
-    #: Shingle length, in words, that counts as a leak of ledgered text.
-    egress_shingle_words: int = attrs.field(default=12, validator=_positive)
+    #: Make the client's standing context (system prompt, ``role: "system"`` messages,
+    #: ``<system-reminder>`` blocks) that a local turn saw local for that conversation's lineage. Off by
+    #: default: that context is the client's (CLAUDE.md, environment notes), and withholding it from
+    #: later cloud turns would break them.
+    protect_client_context: bool = False
 
 
 @attrs.frozen

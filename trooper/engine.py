@@ -176,9 +176,7 @@ class Engine:
         self.store = store
         self.clock = clock
         locality = self.config.locality
-        self.ledger = Ledger(
-            store, shingle_words=locality.egress_shingle_words, share_fallback=locality.share_fallback_after_recovery
-        )
+        self.ledger = Ledger(store, share_fallback=locality.share_fallback_after_recovery)
         self.memory = Memory(self.config, local)
         self.metrics = Metrics()
         self.started_at = clock()
@@ -428,7 +426,7 @@ class Engine:
             turn_start=turn_start,
             notice=locality.withheld_notice,
             egress_action=locality.egress_action,
-            shingle_words=locality.egress_shingle_words,
+            shingle_words=12,
             system=body.get("system"),
         )
         if not result.changed and not (TROOPER_FIELDS & body.keys()):
