@@ -1,0 +1,401 @@
+"""Provenance by position: where in a conversation's lineage each re-sent message stands.
+
+Clients are stateless and re-send the whole history, so Trooper cannot ask "was this message
+local?" of the message itself — a local reply comes back shortened (an interrupted stream), with
+smart quotes, edited, or split into other blocks. What does not change is *where* it stands: after
+the same earlier messages. A conversation's lineage is a chain of 64-bit keys, one step per message,
+each derived from the previous key and the message's identity (its folded text without whitespace,
+its tool-call ids; never the session id, so the chain survives new sessions, restarts and other
+instances).
+
+* A **user message** is identified by its content: a user re-sends what they typed, so each of its
+  blocks is keyed by (chain before it, block identity). A local prompt block is recognised wherever
+  it is re-sent at that position, also when a client merges it with the next prompt.
+* An **assistant message** is identified by its position alone: the key (chain before it) marks a
+  local reply whatever the client re-sends there — a prefix, an edit, a re-formatting. After a local
+  reply the chain continues from that position, not from the reply's content, so what follows is
+  recognised too.
+* A tool result answering a local tool call is local by the call's id, wherever it stands.
+
+Client context is not part of a message's identity: ``role: "system"`` messages, ``<system-reminder>``
+segments and thinking blocks change between requests and carry no user words.
+
+A conversation whose opening is short (a "yes", a "hi") could share its first keys with an unrelated
+conversation that opened the same way. Keys recorded while the lineage is shorter than
+:data:`DISTINCT_PREFIX` characters, and not marked local by the prompt marker, are therefore bound to
+the session that recorded them (:func:`scoped`); longer lineages are unique enough on their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Final, Literal, Protocol
+
+import attrs
+
+from trooper._memo import Memo
+from trooper.text import (
+    after_leading_reminders,
+    blob_digest,
+    block_blobs,
+    block_type,
+    content_blocks,
+    context_only,
+    identity,
+    reminders,
+    strip_reminders,
+)
+
+#: Characters of message identity after which a lineage is unique enough to be trusted across sessions.
+DISTINCT_PREFIX: Final = 64
+
+Class = Literal["local", "seen", "unseen", "new"]
+
+
+def key(*parts: int | str) -> int:
+    """A 64-bit key over typed parts (ints are chain keys, strings are tags or identities)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        if isinstance(part, int):
+            digest.update(b"\x01" + struct.pack("<Q", part))
+        else:
+            data = part.encode("utf-8", "surrogatepass")
+            digest.update(b"\x02" + struct.pack("<I", len(data)) + data)
+    return int.from_bytes(digest.digest(), "little")
+
+
+ROOT: Final = key("trooper-lineage-v1")
+
+
+def scoped(value: int, session: str) -> int:
+    """``value`` bound to one session: how a short lineage's keys are recorded."""
+    return key(value, "@", session)
+
+
+def reply_key(before: int) -> int:
+    """The key of an assistant message standing after ``before``."""
+    return key(before, "R")
+
+
+def prompt_key(before: int, block_identity: str) -> int:
+    """The key of one user block standing after ``before``."""
+    return key(before, "P", block_identity)
+
+
+def seen_key(before: int, message_identity: str) -> int:
+    """The key of a message the cloud has received at this position."""
+    return key(before, "S", message_identity)
+
+
+def context_key(anchor: int, tag: str, text_identity: str) -> int:
+    """The key of one piece of client context at a point of the lineage (``protect_client_context``)."""
+    return key(anchor, "X", tag, text_identity)
+
+
+def tool_key(tool_use_id: str) -> int:
+    """The key of a tool call id (ids are unique: no position needed)."""
+    return key("T", tool_use_id)
+
+
+_TOOL_USE_TYPES: Final = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
+
+
+def tool_result_id(block: Any) -> str | None:
+    """The tool call a result block answers (``tool_result`` and the server tools' result blocks)."""
+    if isinstance(block, Mapping) and block.get("type") not in _TOOL_USE_TYPES:
+        ref = block.get("tool_use_id")
+        if isinstance(ref, str):
+            return ref
+    return None
+
+
+def tool_use_id(block: Any) -> str | None:
+    if isinstance(block, Mapping) and block.get("type") in _TOOL_USE_TYPES:
+        ref = block.get("id")
+        if isinstance(ref, str):
+            return ref
+    return None
+
+
+def _text_identity(text: str) -> str:
+    return identity(strip_reminders(text))
+
+
+text_identity = Memo(_text_identity, budget=4 << 20, weigh=len)
+
+
+def block_identity(block: Any) -> str | None:
+    """A block's part of its message's identity; None for what is not (context, thinking, nothing)."""
+    if isinstance(block, str):
+        return text_identity(block) or None
+    kind = block_type(block)
+    if kind == "text":
+        return text_identity(str(block.get("text", ""))) or None
+    if kind in ("thinking", "redacted_thinking") or kind is None:
+        return None
+    used = tool_use_id(block)
+    if used is not None:
+        return "\x00u" + used
+    answered = tool_result_id(block)
+    if answered is not None:
+        return "\x00r" + answered
+    blobs = list(block_blobs(block))
+    if blobs:
+        return "\x00b" + blobs[0]
+    if kind in ("search_result", "document"):
+        return "\x00d" + blob_digest(*(str(v) for v in (block.get("title"), block.get("source"))))
+    return "\x00o" + str(kind)
+
+
+def message_identity(blocks: Sequence[Any]) -> tuple[str, int]:
+    """A message's identity and its weight (characters of text it adds to the lineage).
+
+    Consecutive text blocks are joined first, so a client that splits or merges text blocks does
+    not change the message.
+    """
+    parts: list[str] = []
+    text = ""
+    weight = 0
+    for block in blocks:
+        part = block_identity(block)
+        if part is None:
+            continue
+        if part.startswith("\x00"):
+            if text:
+                parts.append(text)
+                text = ""
+            parts.append(part)
+        else:
+            text += part
+            weight += len(part)
+    if text:
+        parts.append(text)
+    return "\x00\x00".join(parts), weight
+
+
+class Provenance(Protocol):
+    """What the walk asks of the ledger's index."""
+
+    def local_reply(self, value: int, session: str) -> bool: ...
+
+    def local_prompt(self, value: int, session: str) -> bool: ...
+
+    def local_tool(self, tool_use_id: str) -> bool: ...
+
+    def seen(self, value: int) -> bool: ...
+
+    def seen_reply(self, value: int) -> bool: ...
+
+
+@attrs.define
+class Step:
+    """One message of a request, placed in its lineage."""
+
+    index: int
+    role: str
+    #: The chain keys before and after this message.
+    before: int
+    after: int
+    #: Characters of message identity in the lineage up to and including this message.
+    weight: int
+    identity: str
+    cls: Class
+    #: Blocks (by index in the message) that are local; for a local assistant message, all of them.
+    local_blocks: frozenset[int]
+    #: Blocks that are client context only (a text block that is nothing but reminders).
+    context_blocks: frozenset[int]
+    #: A local prompt that carried the marker stands at or before this message.
+    marked: bool
+
+    @property
+    def fully_local(self) -> bool:
+        return self.cls == "local"
+
+
+@attrs.frozen
+class Lineage:
+    """A request placed in its conversation's lineage."""
+
+    steps: tuple[Step, ...]
+    #: The chain key after the last message (where the reply will stand), and its weight.
+    end: int
+    end_weight: int
+    end_marked: bool
+    #: Index of the last user message: everything from here on is the request's new content.
+    new_start: int
+    #: The chain key after the first turn message (anchor of the system prompt's context key).
+    first: int
+
+    def step(self, index: int) -> Step | None:
+        for step in self.steps:
+            if step.index == index:
+                return step
+        return None
+
+    def by_index(self) -> dict[int, Step]:
+        return {step.index: step for step in self.steps}
+
+    @property
+    def reply_before(self) -> int:
+        """The chain key the reply to this request stands after (a trailing prefill is continued)."""
+        last = self.steps[-1] if self.steps else None
+        if last is not None and last.role == "assistant" and last.index > self.new_start:
+            return last.before
+        return self.end
+
+
+def last_user_message(messages: Sequence[Mapping[str, Any]]) -> int | None:
+    """Index of the last ``user`` message (an assistant prefill or a system note may follow it)."""
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index].get("role") == "user":
+            return index
+    return None
+
+
+def _starts_with(text: str, marker: str) -> bool:
+    if not marker:
+        return False
+    rest = after_leading_reminders(text)[1].lstrip()
+    return rest.startswith(marker)
+
+
+def walk(messages: Sequence[Mapping[str, Any]], index: Provenance, *, session: str, marker: str = "") -> Lineage:
+    """Place every message of a request in its lineage and classify it against the ledger.
+
+    ``local``: it stands where a local turn's message stood (an assistant message), or every block
+    it has stands where a local prompt's block stood or answers a local tool call (a user message).
+    ``seen``: the cloud received it at this position before. ``new``: it is part of the request's
+    new content (the last user message and what follows). ``unseen``: none of these — history the
+    cloud has not received, which content matching must vet.
+    """
+    new_start = last_user_message(messages)
+    if new_start is None:
+        new_start = len(messages)
+    chain = ROOT
+    weight = 0
+    marked = False
+    first: int | None = None
+    steps: list[Step] = []
+    for position, message in enumerate(messages):
+        role = str(message.get("role"))
+        if role not in ("user", "assistant"):
+            continue
+        blocks = content_blocks(message)
+        ident, added = message_identity(blocks)
+        weight += added
+        before = chain
+        context = frozenset(number for number, block in enumerate(blocks) if context_only(block))
+        local: set[int] = set()
+        cls: Class
+        if role == "assistant":
+            if index.local_reply(reply_key(before), session):
+                local = set(range(len(blocks)))
+                cls = "local"
+                chain = key(reply_key(before), "L")
+            else:
+                local = {n for n, block in enumerate(blocks) if _local_tool_block(block, index)}
+                cls = "seen" if index.seen_reply(reply_key(before)) or index.seen(seen_key(before, ident)) else "unseen"
+                chain = key(before, "A", ident)
+        else:
+            counted = 0
+            for number, block in enumerate(blocks):
+                if number in context:
+                    continue
+                part = block_identity(block)
+                if part is None:
+                    continue
+                counted += 1
+                # In the new message only a text block is recognised by position: that is a local
+                # prompt re-sent merged with the next one (Claude Code after an interrupt). An image or
+                # a document there is new content, for the egress guard to judge.
+                by_position = position < new_start or block_type(block) in ("text", None)
+                if _local_tool_block(block, index) or (
+                    by_position and index.local_prompt(prompt_key(before, part), session)
+                ):
+                    local.add(number)
+                    if isinstance(block, Mapping) and block.get("type") == "text":
+                        marked = marked or _starts_with(str(block.get("text", "")), marker)
+            cls = (
+                "local"
+                if counted and len(local) == counted
+                else ("seen" if index.seen(seen_key(before, ident)) else "unseen")
+            )
+            chain = key(before, "U", ident)
+        if cls != "local" and position >= new_start:
+            cls = "new"
+        steps.append(Step(position, role, before, chain, weight, ident, cls, frozenset(local), context, marked))
+        if first is None:
+            first = chain
+    return Lineage(tuple(steps), chain, weight, marked, new_start, first if first is not None else ROOT)
+
+
+def _local_tool_block(block: Any, index: Provenance) -> bool:
+    ref = tool_use_id(block) or tool_result_id(block)
+    return ref is not None and index.local_tool(ref)
+
+
+def strong(weight: int, marked: bool) -> bool:
+    """Whether keys recorded at this point of a lineage hold across sessions (see the module docstring)."""
+    return marked or weight >= DISTINCT_PREFIX
+
+
+def context_items(
+    body: Mapping[str, Any], messages: Sequence[Mapping[str, Any]], lineage: Lineage
+) -> Iterator[tuple[str, int, str, str]]:
+    """The client context of a request: ``(path, key anchor, tag, text)`` for each piece.
+
+    Each piece is anchored at a point of the lineage that its conversation's own words decide, so
+    that the same context in another conversation has another key: the system prompt after the
+    first turn message; a ``system`` message where it stands; a ``<system-reminder>`` segment after
+    the message that carries it (whose identity leaves reminders out).
+    """
+    system = body.get("system")
+    if isinstance(system, str) and system.strip():
+        yield "system", lineage.first, "Y", system
+    elif isinstance(system, list):
+        for number, block in enumerate(system):
+            if isinstance(block, Mapping) and str(block.get("text", "")).strip():
+                yield f"system.{number}", lineage.first, "Y", str(block.get("text", ""))
+    steps = lineage.by_index()
+    anchor = ROOT
+    for position, message in enumerate(messages):
+        step = steps.get(position)
+        if step is not None:
+            for number, block in enumerate(content_blocks(message)):
+                if block_type(block) == "text" or isinstance(block, str):
+                    text = block if isinstance(block, str) else str(block.get("text", ""))
+                    for segment in reminders(text):
+                        yield f"messages.{position}.content.{number}", step.after, "M", segment
+            anchor = step.after
+            continue
+        for number, block in enumerate(content_blocks(message)):
+            text = block if isinstance(block, str) else str(block.get("text", "")) if isinstance(block, Mapping) else ""
+            if text.strip():
+                yield f"messages.{position}.content.{number}", anchor, "S", text
+
+
+__all__ = [
+    "DISTINCT_PREFIX",
+    "ROOT",
+    "Lineage",
+    "Provenance",
+    "Step",
+    "block_identity",
+    "context_items",
+    "context_key",
+    "key",
+    "last_user_message",
+    "message_identity",
+    "prompt_key",
+    "reply_key",
+    "scoped",
+    "seen_key",
+    "strong",
+    "text_identity",
+    "tool_key",
+    "tool_result_id",
+    "tool_use_id",
+    "walk",
+]
