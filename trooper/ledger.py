@@ -1,391 +1,799 @@
-"""Provenance of local content, the cloud payload filter and the egress guard (DESIGN §6).
+"""The provenance ledger and the cloud payload filter: pure, synchronous, no I/O.
 
-Clients are stateless: they re-send the whole history on every request, local turns included. So
-Trooper remembers *fingerprints* of what each local turn added — its prompt blocks, tool results and
-the reply as the client will see it — and removes matching blocks from every cloud-bound request.
+The ledger is an append-only log of :class:`LedgerRecord` batches — 64-bit fingerprints, never text.
+:class:`LedgerIndex` holds them in memory for set lookups. Three kinds of knowledge live in it:
 
-Fingerprints are block-level hashes over a normalised form (``cache_control`` ignored, string
-content ≡ one text block, whitespace folded, case folded), so they survive clients that re-wrap,
-re-indent or re-order messages; they never depend on the session id, so they hold across sessions,
-restarts and instances sharing a store. Tool-use ids generated for local tool calls are ledgered
-too: a ``tool_result`` answering a local tool call is local whatever its text.
+* **provenance** — where local messages stood in their conversations' lineages (``prompt`` and
+  ``reply`` keys, see :mod:`trooper.lineage`) and which tool calls were local (``tool``);
+* **content** — the distinctive and long spans (:mod:`trooper.spans`) and the blobs of what local
+  turns *produced* (prompts typed, replies, tool calls) and what they *received* (tool results);
+* **cloud sightings** — where the cloud has already received a message (``seen``), so re-sent
+  history it has is trusted without scanning and content it has is never treated as a leak.
 
-The **egress guard** is the backstop for what block fingerprints cannot see — local text pasted into
-a new prompt, or a local message a client rewrote: it hashes word shingles of local text and scans
-outgoing text for them. Blocks the cloud has already received verbatim are exempt (sending them again
-reveals nothing new), which keeps the scan to the new part of each request.
+:func:`record_local_turn` says what a local turn records before the local model is called, and a
+:class:`ReplyRecorder` what each event of the local reply records before it is sent: nothing
+reaches the client that the ledger does not hold. :func:`plan_cloud` turns a request into what the
+cloud may receive — local blocks withheld by provenance, unvetted history vetted by content, new
+content checked by the egress guard — or a refusal.
+
+Fallback content recorded as shareable (``locality.share_fallback_after_recovery``) is skipped by an
+index told to share it; anything else recorded for the same key keeps it local, whatever the order in
+which the records arrive, so forced-local content never becomes shareable.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import re
-from collections.abc import Iterable, Mapping, Sequence
+import collections
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal
 
 import attrs
-import orjson
+import numpy as np
 
-from trooper.store.base import LedgerEntry, Origin, SessionStore
-from trooper.wire import JSON, TrooperError
+from trooper.lineage import (
+    Lineage,
+    Step,
+    context_items,
+    context_key,
+    prompt_key,
+    reply_key,
+    scoped,
+    seen_key,
+    strong,
+    text_identity,
+    tool_key,
+    tool_result_id,
+    tool_use_id,
+)
+from trooper.spans import (
+    U64,
+    FingerprintSet,
+    as_array,
+    fingerprints_of,
+    folded_fingerprints,
+    local_fingerprints,
+    pack,
+    query_fingerprints,
+    unpack,
+)
+from trooper.text import (
+    block_blobs,
+    block_texts,
+    block_type,
+    content_blocks,
+    context_only,
+    fold,
+    fold_uncached,
+    partial_json_strings,
+    reminders,
+    strip_reminders,
+)
 
-_WORD: Final = re.compile(r"\w+")
-_MASK: Final = (1 << 64) - 1
-_BASE: Final = 0x100000001B3
-WITHHELD_RESULT: Final = "[content withheld by Trooper: produced during a local turn]"
-REDACTED: Final = "[redacted by Trooper: this text matches content handled locally]"
-SYSTEM_REMINDER: Final = "<system-reminder>"
-
+JSON = dict[str, Any]
+Origin = Literal["forced", "fallback"]
+Scope = Literal["produced", "received"]
+RecordKind = Literal[
+    "prompt",
+    "reply",
+    "tool",
+    "span.produced",
+    "span.received",
+    "blob.produced",
+    "blob.received",
+    "context",
+    "seen",
+    "seen.reply",
+    "seen.context",
+]
 EgressAction = Literal["block", "redact", "warn"]
 
+WITHHELD_RESULT: Final = "[content withheld by Trooper: a local model handled it]"
+REDACTED: Final = "[redacted by Trooper: this text matches content handled locally]"
+OPENING: Final = "[earlier turns withheld by Trooper]"
 
-# ----------------------------------------------------------------------------------- fingerprints
-
-
-def fold(text: str) -> str:
-    """Whitespace- and case-folded text: what a re-formatting client cannot change."""
-    return " ".join(text.split()).casefold()
-
-
-def _digest(tag: str, canonical: str | bytes) -> str:
-    data = canonical.encode("utf-8", "surrogatepass") if isinstance(canonical, str) else canonical
-    return tag + hashlib.blake2b(data, digest_size=16).hexdigest()
+_LOCAL_KINDS: Final = frozenset(
+    {"prompt", "reply", "tool", "span.produced", "span.received", "blob.produced", "blob.received", "context"}
+)
+_SPAN_KINDS: Final = {"span.produced": "produced", "span.received": "received"}
 
 
-@functools.lru_cache(maxsize=4096)
-def _text_digest(tag: str, text: str) -> str:
-    """Digest of folded text, memoised: clients re-send the same history on every request, so most
-    blocks of a request were fingerprinted on the previous one (a string's hash is cached on it)."""
-    return _digest(tag, fold(text))
+@attrs.frozen
+class LedgerRecord:
+    """One batch of fingerprints of one kind, as appended to the store."""
+
+    kind: RecordKind
+    values: bytes
+    session: str = ""
+    origin: str = "forced"
+    shareable: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        kind: RecordKind,
+        values: Iterable[int] | U64,
+        *,
+        session: str = "",
+        origin: str = "forced",
+        shareable: bool = False,
+    ) -> LedgerRecord:
+        array = values if isinstance(values, np.ndarray) else as_array(list(values))
+        return cls(kind, pack(np.unique(array)), session, origin, shareable)
+
+    def array(self) -> U64:
+        return unpack(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values) // 8
 
 
-def block_text(block: Any) -> str:
-    """The human-readable text of a block (for shingles and for the memory layers)."""
-    if isinstance(block, str):
-        return block
-    if not isinstance(block, Mapping):
-        return ""
-    kind = block.get("type")
-    if kind == "text":
-        return str(block.get("text", ""))
-    if kind == "thinking":
-        return str(block.get("thinking", ""))
-    if kind == "tool_use":
-        return orjson.dumps(block.get("input", {}), option=orjson.OPT_SORT_KEYS).decode()
-    if kind == "tool_result":
-        content = block.get("content", "")
-        if isinstance(content, list):
-            return "\n".join(block_text(part) for part in content)
-        return str(content)
-    if kind == "document":
-        source = block.get("source")
-        if isinstance(source, Mapping) and source.get("type") == "text":
-            return str(source.get("data", ""))
-    return ""
+def blob_value(digest: str) -> int:
+    return int(digest[:16], 16)
 
 
-def block_fingerprint(block: Any) -> str:
-    """A stable hash of a block's normalised content (``cache_control`` and whitespace ignored)."""
-    if isinstance(block, str):
-        return _text_digest("t", block)
-    if not isinstance(block, Mapping):
-        return _digest("o", orjson.dumps(block, option=orjson.OPT_SORT_KEYS))
-    kind = block.get("type")
-    if kind == "text":
-        return _text_digest("t", str(block.get("text", "")))
-    if kind == "thinking":
-        return _text_digest("k", str(block.get("thinking", "")))
-    if kind == "tool_use":
-        return _text_digest("u", f"{block.get('name')}\x00{block_text(block)}")
-    if kind == "tool_result":
-        return _text_digest("r", block_text(block))
-    if kind in {"image", "document"}:
-        source = block.get("source")
-        payload = source if isinstance(source, Mapping) else {}
-        return _digest("i", str(payload.get("data") or payload.get("url") or payload.get("file_id") or ""))
-    if kind == "redacted_thinking":
-        return _digest("x", str(block.get("data", "")))
-    rest = {k: v for k, v in block.items() if k != "cache_control"}
-    return _digest("o", orjson.dumps(rest, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS))
+# ------------------------------------------------------------------------------------------- the index
 
 
-def id_fingerprint(tool_use_id: str) -> str:
-    return _digest("d", tool_use_id)
-
-
-def content_blocks(message: Mapping[str, Any]) -> list[Any]:
-    """A message's content as a list of blocks (a string is one text block)."""
-    content = message.get("content")
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    if isinstance(content, list):
-        return content
-    return []
-
-
-def shingles(text: str, size: int) -> list[int]:
-    """64-bit hashes of every run of ``size`` consecutive words (case folded).
-
-    A rolling polynomial hash over per-word hashes: one multiply-add per word instead of hashing
-    every window, which keeps the first scan of a 200 KB history in single milliseconds. Texts
-    shorter than ``size`` words give one shingle of the whole text when they have at least half
-    that many words, so a short but distinctive local answer is still guarded.
-    """
-    words = _WORD.findall(text.casefold())
-    count = len(words)
-    if count < size:
-        if count < max(4, size // 2):
-            return []
-        size = count
-    hashes = [_word_hash(word) for word in words]
-    power = pow(_BASE, size - 1, 1 << 64)
-    value = 0
-    for word in hashes[:size]:
-        value = (value * _BASE + word) & _MASK
-    out = [value]
-    for position in range(size, count):
-        value = ((value - hashes[position - size] * power) * _BASE + hashes[position]) & _MASK
-        out.append(value)
-    return out
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _word_hash(word: str) -> int:
-    return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "big")
-
-
-# ------------------------------------------------------------------------------------ turns
-
-
-def is_tool_results_only(message: Mapping[str, Any]) -> bool:
-    blocks = content_blocks(message)
-    return bool(blocks) and all(isinstance(b, Mapping) and b.get("type") == "tool_result" for b in blocks)
-
-
-#: Roles of the messages a conversation is made of. Claude Code (2.1.x) also sends ``system`` messages
-#: inside ``messages`` (its environment notes, right after the first prompt); those are the client's
-#: context, like the top-level ``system`` field: forwarded as they are, never a turn of their own.
-MESSAGE_ROLES: Final = ("user", "assistant", "system")
-
-
-def last_turn_message(messages: Sequence[Mapping[str, Any]]) -> int | None:
-    """Index of the last user or assistant message: what a request "ends with", system notes aside."""
-    for index in range(len(messages) - 1, -1, -1):
-        if messages[index].get("role") != "system":
-            return index
-    return None
-
-
-def current_turn_start(messages: Sequence[Mapping[str, Any]]) -> int:
-    """Index of the user message that began the current turn (the last prompt that is not tool results)."""
-    for index in range(len(messages) - 1, -1, -1):
-        message = messages[index]
-        if message.get("role") == "user" and not is_tool_results_only(message):
-            return index
-    return 0
-
-
-def continues_tool_loop(messages: Sequence[Mapping[str, Any]]) -> bool:
-    """True when the last user message starts with ``tool_result``: the request continues a turn."""
-    last = last_turn_message(messages)
-    if last is None or messages[last].get("role") != "user":
-        return False
-    blocks = content_blocks(messages[last])
-    return bool(blocks) and isinstance(blocks[0], Mapping) and blocks[0].get("type") == "tool_result"
-
-
-# ------------------------------------------------------------------------------------ the index
-
-
-@attrs.define
 class LedgerIndex:
-    """In-memory sets of every fingerprint in the store: all filtering is set lookups (DESIGN §11)."""
+    """Every fingerprint of the ledger, in memory, answering the questions of the walk and the filter."""
 
-    blocks: set[str] = attrs.field(factory=set)
-    ids: set[str] = attrs.field(factory=set)
-    shingles: set[int] = attrs.field(factory=set)
-    cloud: set[str] = attrs.field(factory=set)
-    share_fallback: bool = False
+    def __init__(self, *, share_fallback: bool = False) -> None:
+        self.share_fallback = share_fallback
+        self._strict: dict[str, set[int]] = collections.defaultdict(set)
+        self._shared: dict[str, set[int]] = collections.defaultdict(set)
+        self._spans = {scope: (FingerprintSet(), FingerprintSet()) for scope in ("produced", "received")}
+        self._tool_origins: dict[int, str] = {}
+        self._seen: dict[str, set[int]] = collections.defaultdict(set)
+        self._holds_local = False
+        #: Changes when content fingerprints are added (cached scans look again).
+        self.version = 0
+        #: Verdicts on client context, which is re-sent unchanged with every request.
+        self.context_verdicts: collections.OrderedDict[tuple[int, str], bool] = collections.OrderedDict()
 
-    def add(self, entries: Iterable[LedgerEntry]) -> None:
-        for entry in entries:
-            if entry.kind == "cloud":
-                self.cloud.add(entry.fingerprint)
-            elif entry.shareable and self.share_fallback:
+    def add(self, records: Iterable[LedgerRecord]) -> None:
+        for record in records:
+            values = record.array()
+            if not len(values):
                 continue
-            elif entry.kind == "block":
-                self.blocks.add(entry.fingerprint)
-            elif entry.kind == "id":
-                self.ids.add(entry.fingerprint)
-            elif entry.kind == "shingle":
-                self.shingles.add(int(entry.fingerprint, 16))
+            kind = record.kind
+            if kind.startswith("seen"):
+                self._seen[kind].update(values.tolist())
+                continue
+            self._holds_local = True
+            shared = record.shareable
+            if kind in _SPAN_KINDS:
+                strict, loose = self._spans[_SPAN_KINDS[kind]]
+                (loose if shared else strict).add(values)
+                self.version += 1
+                continue
+            (self._shared if shared else self._strict)[kind].update(values.tolist())
+            if kind.startswith("blob"):
+                self.version += 1
+            if kind == "tool":
+                for value in values.tolist():
+                    if self._tool_origins.get(value) != "forced":
+                        self._tool_origins[value] = "forced" if record.origin == "forced" else "fallback"
 
     @property
-    def empty(self) -> bool:
-        return not (self.blocks or self.ids or self.shingles)
+    def holds_local(self) -> bool:
+        """Whether anything local was ever recorded (if not, nothing can need withholding)."""
+        return self._holds_local
 
-    def is_local(self, block: Any) -> bool:
-        if block_fingerprint(block) in self.blocks:
-            return True
-        if isinstance(block, Mapping):
-            ref = block.get("id") if block.get("type") == "tool_use" else block.get("tool_use_id")
-            if isinstance(ref, str) and id_fingerprint(ref) in self.ids:
-                return True
-        return False
+    def _has(self, kind: str, value: int) -> bool:
+        return value in self._strict[kind] or (not self.share_fallback and value in self._shared[kind])
+
+    # --- what the walk asks (trooper.lineage.Provenance)
+
+    def local_reply(self, value: int, session: str) -> bool:
+        return self._has("reply", value) or self._has("reply", scoped(value, session))
+
+    def local_prompt(self, value: int, session: str) -> bool:
+        return self._has("prompt", value) or self._has("prompt", scoped(value, session))
+
+    def local_tool(self, tool_use_id: str) -> bool:
+        return self._has("tool", tool_key(tool_use_id))
+
+    def seen(self, value: int) -> bool:
+        return value in self._seen["seen"]
+
+    def seen_reply(self, value: int) -> bool:
+        return value in self._seen["seen.reply"]
+
+    # --- what the filter and the engine ask
+
+    def tool_origin(self, tool_use_id: str) -> str | None:
+        """``forced``/``fallback`` for a local tool call (shareable or not: a loop keeps its route)."""
+        return self._tool_origins.get(tool_key(tool_use_id))
+
+    def local_context(self, value: int, session: str) -> bool:
+        return self._has("context", value) or self._has("context", scoped(value, session))
+
+    def seen_context(self, value: int) -> bool:
+        return value in self._seen["seen.context"]
+
+    def span_hits(self, values: U64, scope: Scope | None) -> np.ndarray:
+        """A mask over ``values``: which are spans of local content (``None``: produced or received)."""
+        mask = np.zeros(len(values), dtype=np.bool_)
+        for name in ("produced", "received") if scope is None else (scope,):
+            strict, loose = self._spans[name]
+            mask |= strict.contains(values)
+            if not self.share_fallback and len(loose):
+                mask |= loose.contains(values)
+        return mask
+
+    def blob_hit(self, value: int, scope: Scope | None) -> bool:
+        names = ("produced", "received") if scope is None else (scope,)
+        return any(self._has(f"blob.{name}", value) for name in names)
+
+    def size(self) -> int:
+        """Fingerprints held (for reports and benchmarks)."""
+        sets = [*self._strict.values(), *self._shared.values(), *self._seen.values()]
+        spans = sum(len(strict) + len(loose) for strict, loose in self._spans.values())
+        return sum(len(item) for item in sets) + spans
 
 
-def local_entries(
-    blocks: Iterable[Any],
+# ------------------------------------------------------------------------------- recording a local turn
+
+
+def _scope_of(block: Any) -> Scope:
+    """A tool result is what a local turn *received*; everything else in a turn it *produced* or was typed."""
+    return "received" if block_type(block) == "tool_result" else "produced"
+
+
+def _content_texts(block: Any, marker: str | None) -> Iterator[str]:
+    for text in block_texts(block):
+        text = strip_reminders(text)
+        if marker and block_type(block) in ("text", None):
+            stripped = text.lstrip()
+            if stripped.startswith(marker):
+                text = stripped[len(marker) :]
+        if text.strip():
+            yield text
+
+
+class _Collector:
+    """Accumulates the records of one local turn, minus what the cloud already has."""
+
+    def __init__(self, base: U64, base_blobs: set[int], *, session: str, origin: Origin, shareable: bool) -> None:
+        self.base = base
+        self.base_blobs = base_blobs
+        self.session = session
+        self.origin = origin
+        self.shareable = shareable
+        self.keys: dict[RecordKind, set[int]] = collections.defaultdict(set)
+        self.spans: dict[Scope, list[U64]] = collections.defaultdict(list)
+
+    def key(self, kind: RecordKind, value: int, *, bound: bool) -> None:
+        self.keys[kind].add(scoped(value, self.session) if bound else value)
+
+    def content(self, block: Any, scope: Scope, marker: str | None = None) -> None:
+        for text in _content_texts(block, marker):
+            self.spans[scope].append(local_fingerprints(text))
+        for digest in block_blobs(block):
+            value = blob_value(digest)
+            if value not in self.base_blobs:
+                self.keys[f"blob.{scope}"].add(value)  # type: ignore[index]
+
+    def records(self) -> list[LedgerRecord]:
+        out = [self.record(kind, values) for kind, values in self.keys.items() if values]
+        for scope, parts in self.spans.items():
+            values = np.setdiff1d(np.concatenate(parts), self.base) if parts else None
+            if values is not None and len(values):
+                out.append(self.record(f"span.{scope}", values))  # type: ignore[arg-type]
+        return out
+
+    def record(self, kind: RecordKind, values: Iterable[int] | U64) -> LedgerRecord:
+        return LedgerRecord.of(kind, values, session=self.session, origin=self.origin, shareable=self.shareable)
+
+
+def cloud_visible(
+    messages: Sequence[Mapping[str, Any]], lineage: Lineage, *, seen_only: bool = False
+) -> tuple[U64, set[int]]:
+    """Span fingerprints and blobs of what the cloud has of a request.
+
+    By default that is its non-local history: content a local turn shares with it is not the local
+    turn's to protect — the cloud said it, or received it in a cloud turn — so it is left out of
+    what the turn records. With ``seen_only``, only messages the cloud is known to have received:
+    a match there is no new disclosure, whatever the ledger says.
+    """
+    texts: list[str] = []
+    blobs: set[int] = set()
+    for step in lineage.steps:
+        if step.cls == "local" or (step.cls != "seen" if seen_only else step.index >= lineage.new_start):
+            continue
+        for number, block in enumerate(content_blocks(messages[step.index])):
+            if number in step.local_blocks:
+                continue
+            texts.extend(strip_reminders(text) for text in block_texts(block))
+            blobs.update(blob_value(digest) for digest in block_blobs(block))
+    return fingerprints_of(texts), blobs
+
+
+def record_local_turn(
+    body: Mapping[str, Any],
+    messages: Sequence[Mapping[str, Any]],
+    lineage: Lineage,
+    index: LedgerIndex,
     *,
     session: str,
     origin: Origin,
     shareable: bool,
-    shingle_words: int,
-    marker: str | None = None,
-) -> list[LedgerEntry]:
-    """Ledger entries for the blocks a local turn saw or produced.
+    marker: str | None,
+    protect_context: bool,
+) -> tuple[list[LedgerRecord], ReplyRecorder]:
+    """What a local turn records before the local model sees it, and the recorder of its reply.
 
-    A prompt that carried the locality marker is fingerprinted with and without it, since the
-    client re-sends it with the marker while the model saw it without.
+    The turn's content is the request's new part — the last user message and what follows it —
+    because everything before was either recorded by an earlier local request or received by the
+    cloud (a fallback in the middle of a cloud tool loop records only the new tool results).
+    ``marker`` is the locality marker when the prompt carried it: such a lineage is trusted across
+    sessions, and the marker itself is not content.
     """
-    out: dict[tuple[str, str], LedgerEntry] = {}
+    base, base_blobs = cloud_visible(messages, lineage)
+    collect = _Collector(base, base_blobs, session=session, origin=origin, shareable=shareable)
+    marked = bool(marker)
+    for step in lineage.steps:
+        if step.index < lineage.new_start:
+            continue
+        bound = not strong(step.weight, marked or step.marked)
+        blocks = content_blocks(messages[step.index])
+        if step.role == "assistant":
+            collect.key("reply", reply_key(step.before), bound=bound)
+            for block in blocks:
+                collect.content(block, "produced")
+                _collect_tool(collect, block)
+            continue
+        for number, block in enumerate(blocks):
+            if number in step.context_blocks:
+                continue
+            part = _identity_of(block)
+            if part is not None and not index.seen(seen_key(step.before, step.identity)):
+                # A message the cloud has already received at this very position (in a cloud turn of
+                # this or of an identical conversation) is not this turn's to protect.
+                collect.key("prompt", prompt_key(step.before, part), bound=bound)
+            collect.content(block, _scope_of(block), marker)
+    bound = not strong(lineage.end_weight, marked or lineage.end_marked)
+    collect.key("reply", reply_key(lineage.reply_before), bound=bound)
+    if protect_context:
+        for _path, anchor, tag, text in context_items(body, messages, lineage):
+            value = context_key(anchor, tag, text_identity(text) or fold(text))
+            if not index.seen_context(value):
+                collect.key("context", value, bound=bound)
+    recorder = ReplyRecorder(base, base_blobs, session=session, origin=origin, shareable=shareable)
+    return collect.records(), recorder
 
-    def put(fingerprint: str, kind: Literal["block", "id", "shingle"]) -> None:
-        out[(fingerprint, kind)] = LedgerEntry(fingerprint, kind, session, origin, shareable)
 
-    for block in blocks:
-        variants = [block]
-        if marker and isinstance(block, Mapping) and block.get("type") == "text":
-            text = str(block.get("text", ""))
-            stripped = strip_marker(text, marker)
-            if stripped is not None:
-                variants.append({"type": "text", "text": stripped})
-        elif marker and isinstance(block, str):
-            stripped = strip_marker(block, marker)
-            if stripped is not None:
-                variants.append(stripped)
-        for variant in variants:
-            put(block_fingerprint(variant), "block")
-        if isinstance(block, Mapping):
-            ref = block.get("id") if block.get("type") == "tool_use" else block.get("tool_use_id")
-            if isinstance(ref, str):
-                put(id_fingerprint(ref), "id")
-        text = block_text(block)
-        if text and not text.lstrip().startswith(SYSTEM_REMINDER):
-            for value in shingles(text, shingle_words):
-                put(f"{value:016x}", "shingle")
-    return list(out.values())
+def _identity_of(block: Any) -> str | None:
+    from trooper.lineage import block_identity
+
+    return block_identity(block)
 
 
-def strip_marker(text: str, marker: str) -> str | None:
-    """``text`` without a leading locality marker, or None when it does not start with one."""
-    stripped = text.lstrip()
-    if marker and stripped.startswith(marker):
-        rest = stripped[len(marker) :]
-        if not rest or rest[0].isspace() or not marker[-1].isalnum():
-            return rest.lstrip()
+def _collect_tool(collect: _Collector, block: Any) -> None:
+    ref = tool_use_id(block)
+    if ref is not None:
+        collect.keys["tool"].add(tool_key(ref))
+
+
+#: Characters of folded text re-fingerprinted behind the end of a growing block: enough to cover
+#: every span or winnowing window that was still open when the block last grew.
+_REVISIT: Final = 512
+
+
+class ReplyRecorder:
+    """Turns the events of a local reply into ledger records, before each event is sent.
+
+    A reply streams block by block and delta by delta; whatever a delta reveals — a tool call's id,
+    a stretch of text or of a tool call's JSON (decoded) — is fingerprinted when it arrives, so the
+    ledger already holds it when the client receives it, also when the stream is cut right after.
+    """
+
+    def __init__(self, base: U64, base_blobs: set[int], *, session: str, origin: Origin, shareable: bool) -> None:
+        self._collect = _Collector(base, base_blobs, session=session, origin=origin, shareable=shareable)
+        self._kinds: dict[int, str] = {}
+        self._raw: dict[int, str] = {}
+        self._folded_length: dict[int, int] = {}
+        self._recorded: U64 = np.empty(0, dtype=np.uint64)
+        self.base = base
+
+    def feed(self, event: Mapping[str, Any]) -> list[LedgerRecord]:
+        """The records to write before ``event`` is sent to the client (often none)."""
+        kind = event.get("type")
+        records: list[LedgerRecord] = []
+        if kind == "message_start":
+            message = event.get("message")
+            content = message.get("content") if isinstance(message, Mapping) else None
+            for number, block in enumerate(content or []):
+                records += self._start(1_000_000 + number, block)
+        elif kind == "content_block_start":
+            block = event.get("content_block")
+            records += self._start(int(event.get("index", 0)), block if isinstance(block, Mapping) else {})
+        elif kind == "content_block_delta":
+            number = int(event.get("index", 0))
+            delta = event.get("delta")
+            if isinstance(delta, Mapping):
+                piece = delta.get("text") or delta.get("thinking") or delta.get("partial_json")
+                if isinstance(piece, str) and piece:
+                    self._raw[number] = self._raw.get(number, "") + piece
+                    records += self._grow(number)
+        return records
+
+    def _start(self, number: int, block: Mapping[str, Any]) -> list[LedgerRecord]:
+        kind = str(block.get("type"))
+        self._kinds[number] = kind
+        records: list[LedgerRecord] = []
+        ref = tool_use_id(block)
+        if ref is not None:
+            records.append(self._collect.record("tool", [tool_key(ref)]))
+            initial = block.get("input")
+            self._raw[number] = "" if not initial else "\n".join(partial_json_strings(_json(initial)))
+        else:
+            self._raw[number] = str(block.get("text") or block.get("thinking") or "")
+        blobs = [blob_value(digest) for digest in block_blobs(block)]
+        if blobs:
+            records.append(self._collect.record("blob.produced", blobs))
+        return records + self._grow(number)
+
+    def _text(self, number: int) -> str:
+        raw = self._raw.get(number, "")
+        if self._kinds.get(number) in ("tool_use", "server_tool_use", "mcp_tool_use"):
+            return "\n".join(partial_json_strings(raw))
+        return raw
+
+    def _grow(self, number: int) -> list[LedgerRecord]:
+        folded = fold_uncached(self._text(number))
+        start = max(0, self._folded_length.get(number, 0) - _REVISIT)
+        self._folded_length[number] = len(folded)
+        if not folded:
+            return []
+        values = np.setdiff1d(folded_fingerprints(folded[start:]), self.base)
+        values = np.setdiff1d(values, self._recorded)
+        if not len(values):
+            return []
+        self._recorded = np.union1d(self._recorded, values)
+        return [self._collect.record("span.produced", values)]
+
+
+def _json(value: Any) -> str:
+    import orjson
+
+    return orjson.dumps(value).decode()
+
+
+def cloud_sightings(
+    body: Mapping[str, Any],
+    messages: Sequence[Mapping[str, Any]],
+    lineage: Lineage,
+    index: LedgerIndex,
+    plan: CloudPlan,
+    *,
+    session: str,
+    protect_context: bool,
+) -> list[LedgerRecord]:
+    """What to remember once the cloud has answered a request: where it has now received messages.
+
+    Only worth recording while there is local content to tell apart from cloud content; client
+    context is recorded always under ``protect_client_context``, since the cloud having seen it is
+    what keeps a later local turn from making it local.
+    """
+    out: list[LedgerRecord] = []
+    if index.holds_local:
+        seen = {
+            seen_key(step.before, step.identity)
+            for step in lineage.steps
+            if step.cls in ("unseen", "new")
+            and step.index not in plan.unsent
+            and not index.seen(seen_key(step.before, step.identity))
+        }
+        if seen:
+            out.append(LedgerRecord.of("seen", seen, origin="cloud"))
+        value = reply_key(lineage.reply_before)
+        if not index.seen_reply(value):
+            out.append(LedgerRecord.of("seen.reply", [value], origin="cloud"))
+    if protect_context:
+        visible = {
+            context_key(anchor, tag, text_identity(text) or fold(text))
+            for _path, anchor, tag, text in context_items(body, messages, lineage)
+        }
+        fresh = {
+            value for value in visible if not index.seen_context(value) and not index.local_context(value, session)
+        }
+        if fresh:
+            out.append(LedgerRecord.of("seen.context", fresh, origin="cloud"))
+    return out
+
+
+# ------------------------------------------------------------------------------------ the cloud payload
+
+
+@attrs.frozen
+class Blocked:
+    """The egress guard refused the request; ``message`` says what was found where, and what to do."""
+
+    paths: tuple[str, ...]
+    message: str
+
+
+@attrs.frozen
+class CloudPlan:
+    """What the cloud may receive of a request, and what was kept back."""
+
+    messages: list[JSON]
+    system: Any
+    changed: bool
+    withheld_blocks: int = 0
+    withheld_turns: int = 0
+    #: Unvetted history blocks that content matching withheld (provenance could not vouch for them).
+    vetted_blocks: int = 0
+    #: Where the guard found local content in new content (redacted or, with ``warn``, sent anyway).
+    guard_hits: tuple[str, ...] = ()
+    #: Messages of which a block was kept back by content matching or redacted: the cloud has not
+    #: received them whole, so they are not remembered as seen.
+    unsent: frozenset[int] = frozenset()
+
+
+#: Stands for a request without a system prompt (so one that is withheld whole can be told apart).
+NO_SYSTEM: Final = object()
+
+
+class _Scan:
+    """Content matching over a request, with the cloud's own content as the exemption."""
+
+    def __init__(self, index: LedgerIndex, messages: Sequence[Mapping[str, Any]], lineage: Lineage) -> None:
+        self.index = index
+        self.messages = messages
+        self.lineage = lineage
+        self._base: tuple[U64, set[int]] | None = None
+
+    def base(self) -> tuple[U64, set[int]]:
+        if self._base is None:
+            self._base = cloud_visible(self.messages, self.lineage, seen_only=True)
+        return self._base
+
+    def texts_hit(self, texts: Iterable[str], scope: Scope | None) -> bool:
+        parts = [query_fingerprints(text) for text in texts if len(text) >= 16]
+        if not parts:
+            return False
+        values = np.concatenate(parts)
+        hits = values[self.index.span_hits(values, scope)]
+        if not len(hits):
+            return False
+        base, _ = self.base()
+        return bool((~np.isin(hits, base)).any())
+
+    def block_hit(self, block: Any, scope: Scope | None) -> bool:
+        blobs = [blob_value(digest) for digest in block_blobs(block)]
+        if blobs and any(self.index.blob_hit(value, scope) for value in blobs):
+            _, base_blobs = self.base()
+            if any(self.index.blob_hit(value, scope) and value not in base_blobs for value in blobs):
+                return True
+        return self.texts_hit((strip_reminders(text) for text in block_texts(block)), scope)
+
+
+def _guard_scope(step: Step, block: Any) -> Scope | None:
+    """What a block is checked against: the user's own words against everything local turns saw or
+    said; a tool result or the cloud's own words against what local turns produced."""
+    if block_type(block) == "tool_result" or (step.role == "assistant" and step.cls == "unseen"):
+        return "produced"
     return None
 
 
-# -------------------------------------------------------------------------------------- filter
+def _context_hit(scan: _Scan, text: str) -> bool:
+    """Client context (system prompt, tool descriptions, reminders) is re-sent with every request:
+    its verdict is cached on the index until the ledger's content changes."""
+    cache = scan.index.context_verdicts
+    cache_key = (scan.index.version, text)
+    found = cache.get(cache_key)
+    if found is None:
+        found = scan.texts_hit([text], "produced")
+        cache[cache_key] = found
+        while len(cache) > 2048:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(cache_key)
+    return found
 
 
-@attrs.frozen
-class GuardHit:
-    """Where the egress guard found ledgered text (never *what* it found)."""
-
-    path: str
-    shingles: int
-
-
-@attrs.frozen
-class FilterResult:
-    """The cloud-bound messages and what was kept back; ``changed`` is False when nothing was."""
-
-    messages: list[JSON]
-    changed: bool
-    withheld_blocks: int
-    withheld_turns: int
-    guard_hits: tuple[GuardHit, ...]
-    new_cloud_fingerprints: frozenset[str]
-
-
-def filter_messages(
+def plan_cloud(
+    body: Mapping[str, Any],
     messages: Sequence[JSON],
+    lineage: Lineage,
     index: LedgerIndex,
     *,
-    turn_start: int,
+    session: str,
     notice: bool,
     egress_action: EgressAction,
-    shingle_words: int,
-    system: Any = None,
-) -> FilterResult:
-    """Remove ledgered content from ``messages[:turn_start]`` and run the egress guard on the rest.
+    protect_context: bool,
+) -> CloudPlan | Blocked:
+    """The messages (and system prompt) the cloud may receive, or why the request may not go at all.
 
-    The current turn (``messages[turn_start:]``) was routed to the cloud, so its blocks are never
-    withheld for matching a fingerprint — a user typing "yes" again is not a leak — but they are
-    scanned by the guard like everything the cloud has not seen verbatim before.
-    Raises :class:`~trooper.wire.TrooperError` (403) when the guard blocks.
+    * Local blocks — by provenance — are withheld, the current turn included; client context inside
+      them (reminders) stays, unless ``protect_context`` makes what a local turn saw of it local.
+    * Unvetted history (messages the cloud never received and provenance cannot place) is checked by
+      content matching; a block holding local content is withheld, never refused: re-sent history
+      must not trip the guard, or a conversation would be stuck.
+    * New content — the last user message and what follows, the system prompt, tool descriptions and
+      client context — goes through the egress guard: ``block`` refuses the request, ``redact``
+      replaces what matched, ``warn`` sends it and reports where.
+    The result stays a valid Messages request (no orphan tool results, no tool call without a result,
+    opening with a user message); an optional notice says how many turns were withheld, never what
+    they said, and only when a turn was.
     """
-    if index.empty:
-        return FilterResult(list(messages), False, 0, 0, (), frozenset())
-    withheld_blocks = 0
-    withheld_turns = 0
+    system = body.get("system", NO_SYSTEM)
+    if not index.holds_local:
+        return CloudPlan(list(messages), system, False)
+    steps = lineage.by_index()
+    scan = _Scan(index, messages, lineage)
     kept: list[JSON] = []
+    withheld_blocks = withheld_turns = vetted = 0
+    in_run = False
+    first_gap: int | None = None
     dropped_uses: set[str] = set()
     withheld_results: set[str] = set()
-    first_gap: int | None = None
+    hits: list[str] = []
+    redact: set[tuple[int, int]] = set()
+    unsent: set[int] = set()
+    prompt_lost = False
+    withheld_context = _local_context(body, messages, lineage, index, session) if protect_context else set()
     for position, message in enumerate(messages):
-        if position >= turn_start:
+        step = steps.get(position)
+        blocks = content_blocks(message)
+        if step is None:  # a system message inside messages: client context
+            texts = [_text_of(block) for block in blocks]
+            paths = [f"messages.{position}.content.{number}" for number in range(len(blocks))]
+            if any(pair in withheld_context for pair in zip(paths, texts, strict=True)):
+                withheld_blocks += len(blocks)
+                continue
+            hits.extend(path for path, text in zip(paths, texts, strict=True) if text and _context_hit(scan, text))
             kept.append(message)
             continue
-        blocks = content_blocks(message)
-        survivors = []
-        lost_prompt = False
-        for block in blocks:
-            if index.is_local(block):
-                withheld_blocks += 1
-                if isinstance(block, Mapping) and block.get("type") == "tool_use":
-                    dropped_uses.add(str(block.get("id")))
-                elif isinstance(block, Mapping) and block.get("type") == "tool_result":
-                    withheld_results.add(str(block.get("tool_use_id")))
-                else:
-                    lost_prompt = lost_prompt or message.get("role") == "user"
+        survivors: list[Any] = []
+        lost = context_lost = 0
+        for number, block in enumerate(blocks):
+            path = f"messages.{position}.content.{number}"
+            if number in step.local_blocks:
+                lost += 1
+                _note_ids(block, dropped_uses, withheld_results)
+                remainder = _kept_context(block, path, withheld_context)
+                if remainder is not None:
+                    survivors.append(remainder)
                 continue
+            if number in step.context_blocks:
+                remainder = _kept_context(block, path, withheld_context) if withheld_context else block
+                if remainder is None:
+                    context_lost += 1
+                    continue
+                if step.cls != "seen" and _context_hit(scan, str(block.get("text", ""))):
+                    hits.append(path)
+                survivors.append(remainder)
+                continue
+            if step.cls == "unseen" and scan.block_hit(block, _guard_scope(step, block)):
+                vetted += 1
+                unsent.add(position)
+                _note_ids(block, dropped_uses, withheld_results)
+                continue
+            if step.cls == "new" and scan.block_hit(block, _guard_scope(step, block)):
+                hits.append(f"messages.{position}.content.{number}")
+                redact.add((len(kept), len(survivors)))
+                if egress_action == "redact":
+                    unsent.add(position)
             survivors.append(block)
-        if lost_prompt:
-            withheld_turns += 1
-        if len(survivors) != len(blocks):
+        withheld_blocks += lost + context_lost
+        if position == lineage.new_start and lost and all(context_only(block) for block in survivors):
+            prompt_lost = True
+        if lost:  # a turn's content, not just client context
+            if not in_run:
+                withheld_turns += 1
+            in_run = True
+        else:
+            in_run = False
+        if len(survivors) != len(blocks) or lost or context_lost:
             if first_gap is None:
                 first_gap = len(kept)
             if survivors:
                 kept.append({**message, "content": survivors})
         else:
             kept.append(message)
-    if withheld_blocks:
+    system, system_hits = _plan_system(system, scan, withheld_context)
+    hits = system_hits + hits + _tool_hits(body, scan)
+    if hits and egress_action == "block":
+        return Blocked(tuple(hits), _refusal(hits))
+    changed = bool(withheld_blocks or vetted) or system is not body.get("system", NO_SYSTEM)
+    if withheld_blocks or vetted:
         kept = _repair(kept, dropped_uses, withheld_results)
         if notice and withheld_turns:
             kept = _add_notice(kept, first_gap or 0, withheld_turns)
-    cloud_fps, hits = _guard(kept, index, shingle_words, system)
-    if hits and egress_action == "block":
-        where = ", ".join(hit.path for hit in hits[:3])
-        raise TrooperError(
-            "permission_error",
-            f"Trooper refused to send this request to the cloud: {len(hits)} passage(s) match content "
-            f"that was handled locally ({where}). Remove that text, or send this turn locally.",
-            status=403,
-        )
     if hits and egress_action == "redact":
-        kept = _redact(kept, {hit.path for hit in hits})
-    return FilterResult(
-        kept,
-        bool(withheld_blocks) or (bool(hits) and egress_action == "redact"),
-        withheld_blocks,
-        withheld_turns,
-        tuple(hits),
-        frozenset(cloud_fps),
+        kept, system = _redact(kept, system, redact, system_hits)
+        changed = True
+    if prompt_lost or not any(message.get("role") == "user" for message in kept):
+        return Blocked(
+            (),
+            "Trooper refused to send this request to the cloud: everything in it stood in a local turn of this "
+            "conversation and stays local. Run it locally (start the prompt with ::local, or send "
+            "x_force_local: true), or send a new prompt.",
+        )
+    return CloudPlan(kept, system, changed, withheld_blocks, withheld_turns, vetted, tuple(hits), frozenset(unsent))
+
+
+def _refusal(paths: Sequence[str]) -> str:
+    where = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    return (
+        f"Trooper refused to send this request to the cloud: {where} holds content that a local turn received "
+        "or produced. Remove that content, or run this turn locally (start the prompt with ::local, or send "
+        "x_force_local: true)."
     )
+
+
+def _text_of(block: Any) -> str:
+    if isinstance(block, str):
+        return block
+    return str(block.get("text", "")) if isinstance(block, Mapping) else ""
+
+
+def _note_ids(block: Any, dropped_uses: set[str], withheld_results: set[str]) -> None:
+    used = tool_use_id(block)
+    if used is not None:
+        dropped_uses.add(used)
+    answered = tool_result_id(block)
+    if answered is not None:
+        withheld_results.add(answered)
+
+
+def _local_context(
+    body: Mapping[str, Any], messages: Sequence[Mapping[str, Any]], lineage: Lineage, index: LedgerIndex, session: str
+) -> set[tuple[str, str]]:
+    """``(path, text)`` of the client context that local turns of this lineage saw and the cloud did not."""
+    out: set[tuple[str, str]] = set()
+    for path, anchor, tag, text in context_items(body, messages, lineage):
+        value = context_key(anchor, tag, text_identity(text) or fold(text))
+        if index.local_context(value, session) and not index.seen_context(value):
+            out.add((path, text))
+    return out
+
+
+def _kept_context(block: Any, path: str, withheld: set[tuple[str, str]]) -> JSON | None:
+    """What of a text block's reminders stays for the cloud (None: nothing)."""
+    if block_type(block) != "text":
+        return None
+    segments = [segment for segment in reminders(str(block.get("text", ""))) if (path, segment) not in withheld]
+    if not segments:
+        return None
+    return {**{k: v for k, v in block.items() if k != "citations"}, "text": "\n".join(segments)}
+
+
+def _plan_system(system: Any, scan: _Scan, withheld: set[tuple[str, str]]) -> tuple[Any, list[str]]:
+    if system is NO_SYSTEM:
+        return system, []
+    hits: list[str] = []
+    if isinstance(system, str):
+        if ("system", system) in withheld:
+            return NO_SYSTEM, []
+        return system, ["system"] if _context_hit(scan, system) else []
+    if isinstance(system, list):
+        kept = []
+        for number, block in enumerate(system):
+            text = str(block.get("text", "")) if isinstance(block, Mapping) else ""
+            if (f"system.{number}", text) in withheld:
+                continue
+            if text and _context_hit(scan, text):
+                hits.append(f"system.{number}")
+            kept.append(block)
+        return (kept if len(kept) != len(system) else system), hits
+    return system, hits
+
+
+def _tool_hits(body: Mapping[str, Any], scan: _Scan) -> list[str]:
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return []
+    hits = []
+    for number, tool in enumerate(tools):
+        if isinstance(tool, Mapping):
+            text = f"{tool.get('name', '')}\n{tool.get('description', '')}"
+            if _context_hit(scan, text):
+                hits.append(f"tools.{number}")
+    return hits
 
 
 def _repair(messages: list[JSON], dropped_uses: set[str], withheld_results: set[str]) -> list[JSON]:
@@ -393,47 +801,51 @@ def _repair(messages: list[JSON], dropped_uses: set[str], withheld_results: set[
     fixed: list[JSON] = []
     for message in messages:
         blocks = content_blocks(message)
-        new_blocks = []
-        for block in blocks:
-            if isinstance(block, Mapping) and block.get("type") == "tool_result":
-                ref = str(block.get("tool_use_id"))
-                if ref in dropped_uses:
-                    continue
-            new_blocks.append(block)
+        new_blocks = [block for block in blocks if tool_result_id(block) not in dropped_uses]
         if not new_blocks:
             continue
-        if new_blocks is not blocks and len(new_blocks) != len(blocks):
+        if len(new_blocks) != len(blocks):
             message = {**message, "content": new_blocks}
-        if fixed and fixed[-1].get("role") == message.get("role"):
+        if fixed and fixed[-1].get("role") == message.get("role") and message.get("role") in ("user", "assistant"):
             fixed[-1] = _merge(fixed[-1], message)
         else:
             fixed.append(message)
-    # A kept tool_use whose result was withheld gets a content-free result, so pairing stays valid.
     for position, message in enumerate(fixed):
         if message.get("role") != "assistant":
             continue
-        uses = [b.get("id") for b in content_blocks(message) if isinstance(b, Mapping) and b.get("type") == "tool_use"]
-        missing = [u for u in uses if u in withheld_results]
+        uses = [used for used in map(tool_use_id, content_blocks(message)) if used is not None]
+        following = _next_turn_message(fixed, position)
+        answered = (
+            {ref for ref in map(tool_result_id, content_blocks(fixed[following])) if ref}
+            if following is not None and fixed[following].get("role") == "user"
+            else set()
+        )
+        missing = [used for used in uses if used in withheld_results and used not in answered]
         if not missing:
             continue
-        placeholders = [{"type": "tool_result", "tool_use_id": u, "content": WITHHELD_RESULT} for u in missing]
-        following = fixed[position + 1] if position + 1 < len(fixed) else None
-        if following is not None and following.get("role") == "user":
-            fixed[position + 1] = {**following, "content": placeholders + content_blocks(following)}
+        placeholders = [{"type": "tool_result", "tool_use_id": used, "content": WITHHELD_RESULT} for used in missing]
+        if following is not None and fixed[following].get("role") == "user":
+            fixed[following] = {**fixed[following], "content": placeholders + content_blocks(fixed[following])}
         else:
             fixed.insert(position + 1, {"role": "user", "content": placeholders})
-    # The request must open with a user message, also when what opened it was withheld and the
-    # next survivor is an assistant reply or a system note (Claude Code sends [prompt, note, ...]).
-    if fixed and fixed[0].get("role") != "user":
-        fixed.insert(0, {"role": "user", "content": [{"type": "text", "text": "[earlier turns withheld]"}]})
+    first = _next_turn_message(fixed, -1)
+    if first is not None and fixed[first].get("role") != "user":
+        fixed.insert(first, {"role": "user", "content": [{"type": "text", "text": OPENING}]})
     return fixed
+
+
+def _next_turn_message(messages: Sequence[Mapping[str, Any]], after: int) -> int | None:
+    for position in range(after + 1, len(messages)):
+        if messages[position].get("role") in ("user", "assistant"):
+            return position
+    return None
 
 
 def _merge(first: JSON, second: JSON) -> JSON:
     blocks = content_blocks(first) + content_blocks(second)
     if first.get("role") == "user":  # tool_result blocks must lead a user message
-        results = [b for b in blocks if isinstance(b, Mapping) and b.get("type") == "tool_result"]
-        others = [b for b in blocks if not (isinstance(b, Mapping) and b.get("type") == "tool_result")]
+        results = [block for block in blocks if block_type(block) == "tool_result"]
+        others = [block for block in blocks if block_type(block) != "tool_result"]
         blocks = results + others
     return {**first, "content": blocks}
 
@@ -441,103 +853,66 @@ def _merge(first: JSON, second: JSON) -> JSON:
 def _add_notice(messages: list[JSON], at: int, turns: int) -> list[JSON]:
     plural = turns != 1
     text = (
-        f"[Trooper: {turns} earlier turn{'s' if plural else ''} of this conversation ran on a local "
-        f"model and {'are' if plural else 'is'} withheld from the cloud.]"
+        f"[Trooper: {turns} earlier turn{'s' if plural else ''} of this conversation ran on a local model and "
+        f"{'are' if plural else 'is'} withheld from the cloud.]"
     )
     note = {"type": "text", "text": text}
     for position in range(min(at, len(messages)), len(messages)):
         message = messages[position]
         if message.get("role") == "user":
             blocks = content_blocks(message)
-            lead = [b for b in blocks if isinstance(b, Mapping) and b.get("type") == "tool_result"]
+            lead = [block for block in blocks if block_type(block) == "tool_result"]
             messages[position] = {**message, "content": [*lead, note, *blocks[len(lead) :]]}
             return messages
     return messages
 
 
-def _guard(
-    messages: Sequence[JSON], index: LedgerIndex, shingle_words: int, system: Any
-) -> tuple[set[str], list[GuardHit]]:
-    """Scan text the cloud has not received verbatim before for shingles of local content."""
-    fresh: set[str] = set()
-    hits: list[GuardHit] = []
-    candidates: list[tuple[str, Any]] = []
-    if isinstance(system, str):
-        candidates.append(("system", system))
-    elif isinstance(system, list):
-        candidates.extend((f"system.{number}", block) for number, block in enumerate(system))
-    for position, message in enumerate(messages):
-        for number, block in enumerate(content_blocks(message)):
-            candidates.append((f"messages.{position}.content.{number}", block))
-    for path, block in candidates:
-        fingerprint = block_fingerprint(block)
-        if fingerprint in index.cloud:
-            continue
-        fresh.add(fingerprint)
-        if not index.shingles:
-            continue
-        text = block_text(block)
-        matched = len(index.shingles.intersection(shingles(text, shingle_words))) if text else 0
-        if matched:
-            hits.append(GuardHit(path, matched))
-    return fresh, hits
-
-
-def _redact(messages: list[JSON], paths: set[str]) -> list[JSON]:
+def _redact(
+    messages: list[JSON], system: Any, where: set[tuple[int, int]], system_hits: list[str]
+) -> tuple[list[JSON], Any]:
     out: list[JSON] = []
     for position, message in enumerate(messages):
         blocks = content_blocks(message)
+        if not any((position, number) in where for number in range(len(blocks))):
+            out.append(message)
+            continue
         replaced = []
         for number, block in enumerate(blocks):
-            if f"messages.{position}.content.{number}" in paths:
-                if isinstance(block, Mapping) and block.get("type") == "tool_result":
+            if (position, number) in where:
+                if block_type(block) == "tool_result":
                     block = {"type": "tool_result", "tool_use_id": block.get("tool_use_id"), "content": REDACTED}
-                elif isinstance(block, Mapping) and block.get("type") == "tool_use":
+                elif block_type(block) == "tool_use":
                     block = {**block, "input": {}}
                 else:
                     block = {"type": "text", "text": REDACTED}
             replaced.append(block)
         out.append({**message, "content": replaced})
-    return out
+    if system_hits:
+        if isinstance(system, str):
+            system = REDACTED
+        elif isinstance(system, list):
+            numbers = {int(path.split(".")[1]) for path in system_hits if "." in path}
+            system = [
+                {"type": "text", "text": REDACTED} if number in numbers else block
+                for number, block in enumerate(system)
+            ]
+    return out, system
 
 
-# -------------------------------------------------------------------------------------- the edge
-
-
-class Ledger:
-    """The index kept in step with the store: write-ahead recording, cross-instance refresh."""
-
-    def __init__(self, store: SessionStore, *, shingle_words: int = 12, share_fallback: bool = False) -> None:
-        self.store = store
-        self.shingle_words = shingle_words
-        self.index = LedgerIndex(share_fallback=share_fallback)
-        self._cursor = 0
-        self.refresh()
-
-    def refresh(self) -> None:
-        """Pick up entries other instances (or an earlier run) wrote; one indexed query."""
-        entries, self._cursor = self.store.ledger_since(self._cursor)
-        self.index.add(entries)
-
-    def record_local(
-        self, blocks: Iterable[Any], *, session: str, origin: Origin, shareable: bool = False, marker: str | None = None
-    ) -> int:
-        """Durably record a local turn's blocks before anything else happens; returns entries written."""
-        entries = local_entries(
-            blocks,
-            session=session,
-            origin=origin,
-            shareable=shareable and origin != "forced",
-            shingle_words=self.shingle_words,
-            marker=marker,
-        )
-        self.store.ledger_add(entries)
-        self.index.add(entries)
-        return len(entries)
-
-    def record_cloud(self, fingerprints: Iterable[str], *, session: str) -> None:
-        """Remember blocks the cloud has now received verbatim (exempt from later guard scans)."""
-        entries = [LedgerEntry(fp, "cloud", session) for fp in fingerprints if fp not in self.index.cloud]
-        if entries:
-            self.store.ledger_add(entries)
-            self.index.add(entries)
+__all__ = [
+    "NO_SYSTEM",
+    "OPENING",
+    "REDACTED",
+    "WITHHELD_RESULT",
+    "Blocked",
+    "CloudPlan",
+    "EgressAction",
+    "LedgerIndex",
+    "LedgerRecord",
+    "Origin",
+    "ReplyRecorder",
+    "cloud_sightings",
+    "cloud_visible",
+    "plan_cloud",
+    "record_local_turn",
+]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from trooper.store.base import LedgerEntry, SessionStore
+from trooper.store.base import LedgerEntry, SessionStore, StoreError
 from trooper.store.memory import MemoryStore
 from trooper.store.sqlite import SQLiteStore
 
-__all__ = ["LedgerEntry", "MemoryStore", "SQLiteStore", "SessionStore", "open_store"]
+__all__ = ["LedgerEntry", "MemoryStore", "SQLiteStore", "SessionStore", "StoreError", "open_store"]
 
 
 def open_store(path: str) -> SessionStore:

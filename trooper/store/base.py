@@ -1,35 +1,29 @@
 """The storage protocol: conversations, the provenance ledger and the audit trail.
 
-The ledger is the part that must never be lost (DESIGN I5): :meth:`SessionStore.ledger_add` returns
-only once the entries are durable, and entries are append-only with a monotonically increasing
-cursor, so every Trooper instance sharing a store can pick up the others' entries cheaply with
-:meth:`SessionStore.ledger_since` before it sends anything to the cloud.
+The ledger is the part that must never be lost: :meth:`SessionStore.ledger_append` returns only once
+the records are durable, and records are append-only with a monotonically increasing cursor, so
+every Trooper instance sharing a store can pick up the others' records cheaply with
+:meth:`SessionStore.ledger_since` before it sends anything to the cloud. A record is a batch of
+64-bit fingerprints of one kind (:class:`trooper.ledger.LedgerRecord`); the store keeps them as
+they come, in order, and never merges or drops one, so whatever a reader makes of them does not
+depend on the order of writers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-import attrs
+from trooper.ledger import LedgerRecord, Origin
 
-Origin = Literal["forced", "fallback"]
-EntryKind = Literal["block", "id", "shingle", "cloud"]
+__all__ = ["LedgerEntry", "Origin", "SessionStore", "StoreError"]
+
+#: The name earlier versions exported; the ledger's unit is now a batch of fingerprints.
+LedgerEntry = LedgerRecord
 
 
-@attrs.frozen
-class LedgerEntry:
-    """One fingerprint of local content (or, for ``kind="cloud"``, of a block already sent to the cloud).
-
-    ``shareable`` marks fallback content a deployment chose to share with the cloud after recovery;
-    forced-local content is never shareable.
-    """
-
-    fingerprint: str
-    kind: EntryKind
-    session: str
-    origin: Origin = "forced"
-    shareable: bool = False
+class StoreError(Exception):
+    """The store cannot be used as it is; the message says why in one line."""
 
 
 class SessionStore(Protocol):
@@ -41,12 +35,12 @@ class SessionStore(Protocol):
 
     def list_conversations(self, limit: int = 100) -> list[dict[str, Any]]: ...
 
-    def ledger_add(self, entries: Sequence[LedgerEntry]) -> None:
-        """Durably append entries (duplicates are ignored)."""
+    def ledger_append(self, records: Sequence[LedgerRecord]) -> None:
+        """Durably append records, in order; returns only once they survive a crash of Trooper."""
         ...
 
-    def ledger_since(self, cursor: int) -> tuple[list[LedgerEntry], int]:
-        """Entries appended after ``cursor`` and the new cursor (0 reads everything)."""
+    def ledger_since(self, cursor: int) -> tuple[list[LedgerRecord], int]:
+        """Records appended after ``cursor`` and the new cursor (0 reads everything)."""
         ...
 
     def audit_append(self, session: str, at: float, kind: str, data: dict[str, Any]) -> None: ...
@@ -62,7 +56,7 @@ class SessionStore(Protocol):
     def prune(
         self, *, older_than: float | None, max_sessions: int | None, max_audit_per_session: int | None
     ) -> dict[str, int]:
-        """Drop old conversations and audit records; never ledger entries. Returns counts removed."""
+        """Drop old conversations and audit records; never ledger records. Returns counts removed."""
         ...
 
     def close(self) -> None: ...

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from trooper.store.base import LedgerEntry
+from trooper.ledger import LedgerRecord
 
 
 class MemoryStore:
@@ -15,8 +15,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._conversations: dict[str, tuple[dict[str, Any], float]] = {}
-        self._ledger: list[LedgerEntry] = []
-        self._ledger_keys: set[tuple[str, str]] = set()
+        self._ledger: list[LedgerRecord] = []
         self._audit: dict[str, list[dict[str, Any]]] = {}
 
     def load_conversation(self, session: str) -> dict[str, Any] | None:
@@ -33,15 +32,11 @@ class MemoryStore:
             rows = sorted(self._conversations.values(), key=lambda item: item[1], reverse=True)
             return [{**data, "updated": at} for data, at in rows[:limit]]
 
-    def ledger_add(self, entries: Sequence[LedgerEntry]) -> None:
+    def ledger_append(self, records: Sequence[LedgerRecord]) -> None:
         with self._lock:
-            for entry in entries:
-                key = (entry.fingerprint, entry.kind)
-                if key not in self._ledger_keys:
-                    self._ledger_keys.add(key)
-                    self._ledger.append(entry)
+            self._ledger.extend(records)
 
-    def ledger_since(self, cursor: int) -> tuple[list[LedgerEntry], int]:
+    def ledger_since(self, cursor: int) -> tuple[list[LedgerRecord], int]:
         with self._lock:
             return self._ledger[cursor:], len(self._ledger)
 

@@ -1,7 +1,7 @@
 """The default store: one SQLite file in WAL mode, shared safely by several processes.
 
-``ledger_add`` commits before it returns, so a ledger entry survives a crash of Trooper the moment
-the call returns (WAL with ``synchronous=NORMAL`` is durable against process crashes; set
+``ledger_append`` commits before it returns, so a ledger record survives a crash of Trooper the
+moment the call returns (WAL with ``synchronous=NORMAL`` is durable against process crashes; set
 ``synchronous=FULL`` via ``durable=True`` to also survive power loss at the cost of an fsync).
 """
 
@@ -15,16 +15,16 @@ from typing import Any
 
 import orjson
 
-from trooper.store.base import LedgerEntry
+from trooper.ledger import LedgerRecord
+from trooper.store.base import StoreError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
     id TEXT PRIMARY KEY, data BLOB NOT NULL, updated REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS conversations_updated ON conversations(updated);
-CREATE TABLE IF NOT EXISTS ledger (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, fingerprint TEXT NOT NULL, kind TEXT NOT NULL,
-    session TEXT NOT NULL, origin TEXT NOT NULL, shareable INTEGER NOT NULL,
-    UNIQUE (fingerprint, kind));
+CREATE TABLE IF NOT EXISTS ledger_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, session TEXT NOT NULL,
+    origin TEXT NOT NULL, shareable INTEGER NOT NULL, fingerprints BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, session TEXT NOT NULL, at REAL NOT NULL,
     kind TEXT NOT NULL, data BLOB NOT NULL);
@@ -43,6 +43,18 @@ class SQLiteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
+        self._refuse_old_ledger()
+
+    def _refuse_old_ledger(self) -> None:
+        """A ledger in the earlier per-block format cannot be checked by this version: refuse the store
+        rather than serve as if its local content had never been recorded."""
+        found = self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'ledger'").fetchone()
+        if found and self._db.execute("SELECT 1 FROM ledger LIMIT 1").fetchone():
+            self._db.close()
+            raise StoreError(
+                f"{self.path} holds a provenance ledger in the format of an earlier Trooper, which this version "
+                "cannot check; keep using that version with this store, or start this one on a new store"
+            )
 
     def load_conversation(self, session: str) -> dict[str, Any] | None:
         with self._lock:
@@ -65,16 +77,15 @@ class SQLiteStore:
             ).fetchall()
         return [{**orjson.loads(data), "updated": updated} for data, updated in rows]
 
-    def ledger_add(self, entries: Sequence[LedgerEntry]) -> None:
-        if not entries:
+    def ledger_append(self, records: Sequence[LedgerRecord]) -> None:
+        if not records:
             return
-        rows = [(e.fingerprint, e.kind, e.session, e.origin, int(e.shareable)) for e in entries]
+        rows = [(r.kind, r.session, r.origin, int(r.shareable), r.values) for r in records]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO ledger(fingerprint, kind, session, origin, shareable) "
-                    "VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO ledger_log(kind, session, origin, shareable, fingerprints) VALUES (?, ?, ?, ?, ?)",
                     rows,
                 )
             except BaseException:
@@ -82,19 +93,19 @@ class SQLiteStore:
                 raise
             self._db.execute("COMMIT")
 
-    def ledger_since(self, cursor: int) -> tuple[list[LedgerEntry], int]:
+    def ledger_since(self, cursor: int) -> tuple[list[LedgerRecord], int]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, fingerprint, kind, session, origin, shareable FROM ledger WHERE seq > ? ORDER BY seq",
+                "SELECT seq, kind, session, origin, shareable, fingerprints FROM ledger_log WHERE seq > ? ORDER BY seq",
                 (cursor,),
             ).fetchall()
         if not rows:
             return [], cursor
-        entries = [
-            LedgerEntry(fingerprint=fp, kind=kind, session=session, origin=origin, shareable=bool(shareable))
-            for _, fp, kind, session, origin, shareable in rows
+        records = [
+            LedgerRecord(kind, bytes(values), session, origin, bool(shareable))
+            for _, kind, session, origin, shareable, values in rows
         ]
-        return entries, int(rows[-1][0])
+        return records, int(rows[-1][0])
 
     def audit_append(self, session: str, at: float, kind: str, data: dict[str, Any]) -> None:
         with self._lock:
