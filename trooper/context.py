@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from trooper.config import Config
-from trooper.decide import TROOPER_FIELDS
+from trooper.controls import TROOPER_FIELDS, strip_controls
 from trooper.memory import Budget, CalibratedEstimator, ExtractCache, compact
 from trooper.providers.base import LocalProvider, ProviderError
 
@@ -102,8 +102,6 @@ class Memory:
 
     def compact(self, turn: Turn) -> MemoryResult:
         """Anchor + SITREP + Tail for ``turn``, sized to the local model (pure, synchronous)."""
-        from trooper.engine import strip_controls
-
         body = strip_controls(turn.body, turn.controls, self.config.locality.marker)
         context = self.context_tokens or SAFE_DEFAULT_CONTEXT
         requested = body.get("max_tokens")
