@@ -13,7 +13,7 @@ import hashlib
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import attrs
 import orjson
@@ -21,6 +21,7 @@ import structlog
 
 from trooper.config import Config
 from trooper.context import Memory, MemoryResult
+from trooper.controls import TROOPER_FIELDS, Controls, read_controls
 from trooper.conversation import (
     Conversation,
     Health,
@@ -29,20 +30,19 @@ from trooper.conversation import (
     conversation_to_dict,
     fire,
 )
-from trooper.decide import TROOPER_FIELDS, Controls, Plan, Route, decide, read_controls
+from trooper.decide import Plan, Route, decide
 from trooper.health import CloudHealth
 from trooper.identity import session_id
 from trooper.ledger import (
-    MESSAGE_ROLES,
-    FilterResult,
-    Ledger,
-    content_blocks,
-    continues_tool_loop,
-    current_turn_start,
-    filter_messages,
-    id_fingerprint,
-    strip_marker,
+    NO_SYSTEM,
+    Blocked,
+    CloudPlan,
+    ReplyRecorder,
+    cloud_sightings,
+    plan_cloud,
+    record_local_turn,
 )
+from trooper.lineage import Lineage, tool_use_id, walk
 from trooper.memory import BudgetTooSmall
 from trooper.metrics import Metrics
 from trooper.providers.anthropic import HOP_BY_HOP
@@ -60,7 +60,9 @@ from trooper.providers.base import (
     UpstreamRequest,
     UpstreamResponse,
 )
+from trooper.recorder import Ledger, LedgerUnavailable
 from trooper.store.base import Origin, SessionStore
+from trooper.text import content_blocks
 from trooper.wire import (
     JSON,
     MessageAccumulator,
@@ -103,6 +105,12 @@ class Outgoing:
     stream: AsyncIterator[bytes] | None = None
 
 
+#: Roles of the messages a conversation is made of. Claude Code (2.1.x) also sends ``system`` messages
+#: inside ``messages`` (its environment notes, right after the first prompt); those are the client's
+#: context, like the top-level ``system`` field: forwarded as they are, never a turn of their own.
+MESSAGE_ROLES: Final = ("user", "assistant", "system")
+
+
 @attrs.frozen
 class _Read:
     """What :meth:`Engine._read` takes from a request."""
@@ -122,7 +130,7 @@ class Turn:
     request_id: str
     body: JSON
     messages: list[JSON]
-    turn_start: int
+    lineage: Lineage
     controls: Controls
     stream: bool
     memory_fn: Callable[[Turn], MemoryResult]
@@ -147,6 +155,72 @@ class Turn:
             self.memory = self.memory_fn(self)
         except BudgetTooSmall as exc:
             self.memory_error = str(exc)
+
+
+class _ConversationLock:
+    """The per-conversation lock of one request, which a local turn hands on to its reply stream.
+
+    Turns of one conversation never run concurrently: a request that arrives while a local reply
+    streams waits until that reply is over (or was cut off), so it sees everything the client got.
+    """
+
+    def __init__(self, locks: weakref.WeakValueDictionary[str, asyncio.Lock], session: str) -> None:
+        self._lock = locks.get(session) or locks.setdefault(session, asyncio.Lock())
+        self._held = False
+        self._handed_on = False
+
+    async def acquire(self) -> None:
+        await self._lock.acquire()
+        self._held = True
+
+    def hand_on(self) -> Callable[[], None]:
+        """Give the lock to whoever calls the returned function when done (once)."""
+        self._handed_on = True
+        return self._release
+
+    def release_unless_handed_on(self) -> None:
+        if not self._handed_on:
+            self._release()
+
+    def _release(self) -> None:
+        if self._held:
+            self._held = False
+            self._lock.release()
+
+
+def _ledger_down(exc: Exception) -> TrooperError:
+    return TrooperError(
+        "api_error",
+        f"Trooper refused this turn: {exc}, so it cannot check or record what stays local. Try again when the "
+        "store is back.",
+        status=503,
+    )
+
+
+def _answered_tool_calls(messages: Sequence[JSON]) -> list[str] | None:
+    """The tool calls a request answers, when its last turn message starts with tool results (a
+    tool-loop continuation); None when the request begins a turn."""
+    last = None
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index].get("role") != "system":
+            last = index
+            break
+    if last is None or messages[last].get("role") != "user":
+        return None
+    blocks = content_blocks(messages[last])
+    if not blocks or not isinstance(blocks[0], Mapping) or blocks[0].get("type") != "tool_result":
+        return None
+    for message in reversed(messages[:last]):
+        if message.get("role") == "assistant":
+            return [ref for ref in map(tool_use_id, content_blocks(message)) if ref is not None]
+    return []
+
+
+async def _close(events: AsyncIterator[JSON]) -> None:
+    closing = getattr(events, "aclose", None)
+    if closing is not None:
+        with contextlib.suppress(Exception):
+            await closing()
 
 
 def _error(exc: TrooperError, extra: Sequence[tuple[str, str]] = ()) -> Outgoing:
@@ -233,15 +307,24 @@ class Engine:
         session, _source = session_id(lookup, body)
         return _Read(body, messages, lookup, controls, session)
 
+    def _refresh(self) -> None:
+        """Read what other instances recorded; a ledger that cannot be read refuses the turn."""
+        try:
+            self.ledger.refresh()
+        except LedgerUnavailable as exc:
+            raise _ledger_down(exc) from None
+
+    def _walk(self, read: _Read) -> Lineage:
+        return walk(read.messages, self.ledger.index, session=read.session, marker=self.config.locality.marker)
+
     async def messages(self, request: Incoming) -> Outgoing:
         read = self._read(request)
         body, messages, controls, session = read.body, read.messages, read.controls, read.session
         stream = body.get("stream") is True
         request_id = new_request_id()
-        turn = Turn(
-            session, request_id, body, messages, current_turn_start(messages), controls, stream, self.memory.compact
-        )
-        self.ledger.refresh()
+        self._refresh()
+        lineage = self._walk(read)
+        turn = Turn(session, request_id, body, messages, lineage, controls, stream, self.memory.compact)
         await self.memory.prepare()
         continuation = self._continuation_route(messages)
         health_key = self._health_key(read.headers)
@@ -253,29 +336,31 @@ class Engine:
                 # A turn that runs locally anyway never waits on the cloud.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(probe), self.config.anthropic.probe_timeout + 1)
-        lock = self._locks.get(session) or self._locks.setdefault(session, asyncio.Lock())
-        async with lock:
+        lock = _ConversationLock(self._locks, session)
+        await lock.acquire()
+        try:
             conv = self._load(session)
             known = health.status if self.local is not None else Health.UP
             plan = decide(conv.state, controls=controls, continuation=continuation, health=known)
             turn.route, turn.reason = plan.route, plan.reason
-            records = self._apply(conv, plan, turn, health.status)
+            records = self._apply(conv, plan, turn, health.status, new_turn=continuation is None)
             if plan.route == "local" and turn.memory is None:
                 turn.compact()  # a tool-loop continuation: same memory, no transition
             if records:  # a state change is durable before the turn runs; counters wait for the turn record
                 self._commit(conv, records)
             else:
                 turn.conversation = conv
-        headers = self._trooper_headers(conv, turn)
-        started = time.perf_counter()
-        if plan.route == "local":
-            forced = controls.force_local or conv.state == "local"
-            origin: Origin = "forced" if forced else "fallback"
-            reply = await self._run_local(
-                turn, headers, origin=origin, cloud_error=None if forced else health.last_failure
-            )
-        else:
-            reply = await self._run_cloud(request, turn, conv, health, headers)
+            headers = self._trooper_headers(conv, turn)
+            started = time.perf_counter()
+            if plan.route == "local":
+                origin = self._local_origin(controls, continuation, messages)
+                fallback_error = None if origin == "forced" else health.last_failure
+                # The lock covers the whole local turn: the reply stream releases it when it ends.
+                reply = await self._run_local(turn, headers, origin=origin, cloud_error=fallback_error, lock=lock)
+                return self._audited(reply, turn, started)
+        finally:
+            lock.release_unless_handed_on()
+        reply = await self._run_cloud(request, turn, conv, health, headers)
         return self._audited(reply, turn, started)
 
     def _audited(self, reply: Outgoing, turn: Turn, started: float) -> Outgoing:
@@ -336,24 +421,31 @@ class Engine:
 
     def _continuation_route(self, messages: Sequence[JSON]) -> Route | None:
         """A tool loop keeps its turn's route: local when the tool calls it answers were local."""
-        if not continues_tool_loop(messages):
+        answered = _answered_tool_calls(messages)
+        if answered is None:
             return None
-        for message in reversed(messages[:-1]):
-            if message.get("role") != "assistant":
-                continue
-            for block in content_blocks(message):
-                if (
-                    isinstance(block, Mapping)
-                    and block.get("type") == "tool_use"
-                    and id_fingerprint(str(block.get("id"))) in self.ledger.index.ids
-                ):
-                    return "local"
-            return "cloud"
-        return "cloud"
+        index = self.ledger.index
+        return "local" if any(index.tool_origin(ref) is not None for ref in answered) else "cloud"
 
-    def _apply(self, conv: Conversation, plan: Plan, turn: Turn, health: Health) -> list[TransitionRecord]:
+    def _local_origin(self, controls: Controls, continuation: Route | None, messages: Sequence[JSON]) -> Origin:
+        """Forced when the user asked for it — now, or when the tool loop this request continues began.
+
+        A loop's origin comes from its tool calls' records, never from the conversation's state at
+        the time: another request of the session may have released the state in between.
+        """
+        if controls.force_local:
+            return "forced"
+        if continuation == "local":
+            answered = _answered_tool_calls(messages) or []
+            if any(self.ledger.index.tool_origin(ref) == "forced" for ref in answered):
+                return "forced"
+        return "fallback"
+
+    def _apply(
+        self, conv: Conversation, plan: Plan, turn: Turn, health: Health, *, new_turn: bool
+    ) -> list[TransitionRecord]:
         now = self.clock()
-        if plan.reason != "continuation":
+        if new_turn:
             conv.turns += 1
         records = []
         for event in plan.events:
@@ -415,57 +507,62 @@ class Engine:
 
     # ---------------------------------------------------------------------------------- cloud
 
-    def cloud_payload(
-        self, body: JSON, messages: list[JSON], turn_start: int, raw: bytes
-    ) -> tuple[bytes, FilterResult]:
+    def cloud_payload(self, read: _Read, lineage: Lineage, raw: bytes) -> tuple[bytes, CloudPlan] | Blocked:
         """The exact bytes the cloud receives: the original ones unless something must change."""
         locality = self.config.locality
-        result = filter_messages(
-            messages,
+        plan = plan_cloud(
+            read.body,
+            read.messages,
+            lineage,
             self.ledger.index,
-            turn_start=turn_start,
+            session=read.session,
             notice=locality.withheld_notice,
             egress_action=locality.egress_action,
-            shingle_words=12,
-            system=body.get("system"),
+            protect_context=locality.protect_client_context,
         )
-        if not result.changed and not (TROOPER_FIELDS & body.keys()):
-            return raw, result
-        out = {k: v for k, v in body.items() if k not in TROOPER_FIELDS}
-        if result.changed:
-            if not any(m.get("role") == "user" for m in result.messages):
-                raise TrooperError(
-                    "invalid_request_error",
-                    "messages: nothing left to send to the cloud once local content is withheld",
-                )
-            out["messages"] = result.messages
-        return orjson.dumps(out), result
+        if isinstance(plan, Blocked):
+            return plan
+        if not plan.changed and not (TROOPER_FIELDS & read.body.keys()):
+            return raw, plan
+        out = {k: v for k, v in read.body.items() if k not in TROOPER_FIELDS}
+        if plan.changed:
+            out["messages"] = plan.messages
+            if plan.system is not read.body.get("system", NO_SYSTEM):
+                if plan.system is NO_SYSTEM or plan.system == []:
+                    out.pop("system", None)
+                else:
+                    out["system"] = plan.system
+        return orjson.dumps(out), plan
 
     async def _run_cloud(
         self, request: Incoming, turn: Turn, conv: Conversation, health: CloudHealth, headers: list[tuple[str, str]]
     ) -> Outgoing:
         turn.provider, turn.model = self.cloud.name, str(turn.body.get("model", ""))
-        try:
-            payload, result = self.cloud_payload(turn.body, turn.messages, turn.turn_start, request.body)
-        except TrooperError as exc:
-            self.store.audit_append(
-                conv.id, self.clock(), "egress_guard", {"request_id": turn.request_id, "action": "block"}
-            )
-            self.metrics.guard_hits.labels("block").inc()
-            log.warning("egress_blocked", session=conv.id, request_id=turn.request_id)
-            return _error(exc, headers)
-        turn.withheld_blocks, turn.withheld_turns = result.withheld_blocks, result.withheld_turns
-        turn.guard_hits = len(result.guard_hits)
-        if result.withheld_blocks:
-            self.metrics.withheld.inc(result.withheld_blocks)
-        if result.guard_hits:
-            action = self.config.locality.egress_action
-            self.metrics.guard_hits.labels(action).inc(len(result.guard_hits))
+        read = _Read(turn.body, turn.messages, LowerHeaders(), turn.controls, turn.session)
+        planned = self.cloud_payload(read, turn.lineage, request.body)
+        if isinstance(planned, Blocked):
             self.store.audit_append(
                 conv.id,
                 self.clock(),
                 "egress_guard",
-                {"request_id": turn.request_id, "action": action, "hits": [hit.path for hit in result.guard_hits]},
+                {"request_id": turn.request_id, "action": "block", "hits": list(planned.paths)},
+            )
+            self.metrics.guard_hits.labels("block").inc()
+            log.warning("egress_blocked", session=conv.id, request_id=turn.request_id, hits=len(planned.paths))
+            return _error(TrooperError("permission_error", planned.message, status=403), headers)
+        payload, plan = planned
+        turn.withheld_blocks, turn.withheld_turns = plan.withheld_blocks + plan.vetted_blocks, plan.withheld_turns
+        turn.guard_hits = len(plan.guard_hits)
+        if turn.withheld_blocks:
+            self.metrics.withheld.inc(turn.withheld_blocks)
+        if plan.guard_hits:
+            action = self.config.locality.egress_action
+            self.metrics.guard_hits.labels(action).inc(len(plan.guard_hits))
+            self.store.audit_append(
+                conv.id,
+                self.clock(),
+                "egress_guard",
+                {"request_id": turn.request_id, "action": action, "hits": list(plan.guard_hits)},
             )
         upstream = UpstreamRequest(request.method, request.path, request.query, request.headers, payload)
         try:
@@ -481,31 +578,56 @@ class Engine:
                 event, reason = "connection_lost", "offline"
             if self.local is None:
                 return self._provider_error(exc, headers)
-            async with self._locks.setdefault(conv.id, asyncio.Lock()):
+            lock = _ConversationLock(self._locks, conv.id)
+            await lock.acquire()
+            try:
                 fresh = self._load(conv.id)
                 if turn.conversation is not None:  # this turn's counter was not saved yet
                     fresh.turns = max(fresh.turns, turn.conversation.turns)
                 conv = fresh
                 self._fallback(conv, event, turn, reason)
-            return await self._run_local(turn, self._trooper_headers(conv, turn), origin="fallback", cloud_error=exc)
+                return await self._run_local(
+                    turn, self._trooper_headers(conv, turn), origin="fallback", cloud_error=exc, lock=lock
+                )
+            finally:
+                lock.release_unless_handed_on()
         except (AuthError, BadRequest, ProviderError) as exc:
             return self._provider_error(exc, headers)
         health.observe_ok()
         if self.local is not None:  # calibration, not routing: after the response, like the turn record
-            _soon(self._learn_tokens, turn, result, first)
-        if result.new_cloud_fingerprints:
-            self.ledger.record_cloud(result.new_cloud_fingerprints, session=conv.id)
+            _soon(self._learn_tokens, turn, plan, first)
+        _soon(self._remember_cloud, turn, plan)
         out_headers = _forwardable(response.headers) + headers
         if not response.sse:  # read whole already: one write, no relay generator
             await response.aclose()
             return Outgoing(response.status, out_headers, first[0])
         return Outgoing(response.status, out_headers, stream=self._relay(response, first))
 
-    def _learn_tokens(self, turn: Turn, result: FilterResult, first: Sequence[bytes]) -> None:
-        """Feed the cloud's exact input count to this conversation's token estimator (DESIGN §7)."""
+    def _remember_cloud(self, turn: Turn, plan: CloudPlan) -> None:
+        """Where the cloud has now received messages: later requests trust them without scanning.
+
+        After the response, and best effort: a sighting that is lost only means the same history is
+        vetted again next time.
+        """
+        records = cloud_sightings(
+            turn.body,
+            turn.messages,
+            turn.lineage,
+            self.ledger.index,
+            plan,
+            session=turn.session,
+            protect_context=self.config.locality.protect_client_context,
+        )
+        try:
+            self.ledger.append(records)
+        except LedgerUnavailable as exc:
+            log.warning("cloud_sightings_not_recorded", session=turn.session, error=str(exc))
+
+    def _learn_tokens(self, turn: Turn, plan: CloudPlan, first: Sequence[bytes]) -> None:
+        """Feed the cloud's exact input count to this conversation's token estimator."""
         tokens = input_tokens(first[0] if first else b"", turn.stream)
         if tokens is not None:
-            self.memory.observe(turn.session, result.messages, tokens)
+            self.memory.observe(turn.session, plan.messages, tokens)
 
     async def _first_bytes(self, upstream: UpstreamRequest) -> tuple[_Prefetched, list[bytes]]:
         """Send (retrying 529/5xx with back-off) and read up to the first chunk a client would see.
@@ -564,26 +686,38 @@ class Engine:
     # ---------------------------------------------------------------------------------- local
 
     async def _run_local(
-        self, turn: Turn, headers: list[tuple[str, str]], *, origin: Origin, cloud_error: ProviderError | None
+        self,
+        turn: Turn,
+        headers: list[tuple[str, str]],
+        *,
+        origin: Origin,
+        cloud_error: ProviderError | None,
+        lock: _ConversationLock,
     ) -> Outgoing:
-        """Answer locally. Forced turns fail closed; fallback turns show the cloud's error if local fails."""
+        """Answer locally. Forced turns fail closed; fallback turns show the cloud's error if local fails.
+
+        What the turn received is recorded before the local model sees it, and what the reply says
+        before the client sees it (write-ahead, event by event): a stream cut at any point — by the
+        client, by the model, by a crash — leaves in the ledger at least everything the client got.
+        """
         if self.local is None:
             return self._local_failed(turn, headers, cloud_error, ProviderError("no local provider is configured"))
-        marker = self.config.locality.marker if turn.controls.source == "marker" else None
-        # System notes in ``messages`` are the client's context, like ``system``: not this turn's content.
-        prompt_blocks = [
-            block
-            for message in turn.messages[turn.turn_start :]
-            if message.get("role") != "system"
-            for block in content_blocks(message)
-        ]
-        self.ledger.record_local(
-            prompt_blocks,
+        locality = self.config.locality
+        records, recorder = record_local_turn(
+            turn.body,
+            turn.messages,
+            turn.lineage,
+            self.ledger.index,
             session=turn.session,
             origin=origin,
-            shareable=self.config.locality.share_fallback_after_recovery,
-            marker=marker,
+            shareable=origin == "fallback" and locality.share_fallback_after_recovery,
+            marker=locality.marker if turn.controls.source == "marker" else None,
+            protect_context=locality.protect_client_context,
         )
+        try:
+            self.ledger.append(records)
+        except LedgerUnavailable as exc:
+            return _error(_ledger_down(exc), headers)
         memory = turn.memory
         if memory is None:
             return self._local_failed(
@@ -605,64 +739,78 @@ class Engine:
             failure = exc if isinstance(exc, ProviderError) else ProviderError("local provider sent nothing")
             return self._local_failed(turn, headers, cloud_error, failure)
         if turn.stream:
-            headers = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"), *headers]
-            return Outgoing(200, headers, stream=self._local_stream(turn, first, events, origin))
+            headers = [
+                ("content-type", "text/event-stream; charset=utf-8"),
+                ("cache-control", "no-cache"),
+                *headers,
+            ]
+            return Outgoing(200, headers, stream=self._local_stream(turn, first, events, recorder, lock.hand_on()))
         accumulator = MessageAccumulator()
-        accumulator.feed(first)
         try:
-            async for event in events:
+            event: JSON | None = first
+            while event is not None:
+                self.ledger.append(recorder.feed(event))
                 accumulator.feed(event)
+                event = await anext(events, None)
         except ProviderError as exc:
-            self._record_reply(turn, accumulator, origin)
             return self._local_failed(turn, headers, cloud_error, exc)
-        self._record_reply(turn, accumulator, origin)
+        except LedgerUnavailable as exc:
+            return _error(_ledger_down(exc), headers)
+        finally:
+            await _close(events)
         body = orjson.dumps(accumulator.message)
         return Outgoing(200, [("content-type", "application/json"), *headers], body)
 
     async def _local_stream(
-        self, turn: Turn, first: JSON, events: AsyncIterator[JSON], origin: Origin
+        self,
+        turn: Turn,
+        first: JSON,
+        events: AsyncIterator[JSON],
+        recorder: ReplyRecorder,
+        release: Callable[[], None],
     ) -> AsyncIterator[bytes]:
-        """SSE from local events; the reply is ledgered before ``message_delta``/``message_stop`` leave."""
-        accumulator = MessageAccumulator()
-        recorded = False
-        try:
-            accumulator.feed(first)
-            yield encode_sse(first)
-            async for event in events:
-                if event.get("type") in ("message_delta", "message_stop") and not recorded:
-                    self._record_reply(turn, accumulator, origin)
-                    recorded = True
-                accumulator.feed(event)
-                yield encode_sse(event)
-        except ProviderError as exc:
-            log.warning("local_stream_broken", session=turn.session, error=exc.message)
-            yield encode_sse(
-                error_payload(
-                    exc.error_type if exc.error_type != "invalid_request_error" else "api_error",
-                    f"local model failed: {exc.message}",
-                )
-            )
-        finally:
-            if not recorded:
-                self._record_reply(turn, accumulator, origin)
+        """SSE from local events, each one ledgered before it is sent.
 
-    def _record_reply(self, turn: Turn, accumulator: MessageAccumulator, origin: Origin) -> None:
-        message = accumulator.message
-        if message is None:
-            return
-        blocks = [b for b in message.get("content", []) if b]
-        self.ledger.record_local(
-            blocks, session=turn.session, origin=origin, shareable=self.config.locality.share_fallback_after_recovery
-        )
+        Cancelled when the client goes away (the server cancels the stream): the local generation is
+        closed with it, and the conversation's lock is released, so the next request of the
+        conversation runs knowing exactly what the client received.
+        """
+        try:
+            event: JSON | None = first
+            while event is not None:
+                self.ledger.append(recorder.feed(event))
+                yield encode_sse(event)
+                event = await anext(events, None)
+        except ProviderError as exc:
+            log.warning(
+                "local_stream_broken",
+                session=turn.session,
+                error_type=type(exc).__name__,
+                error_length=len(exc.message),
+            )
+            error_type = exc.error_type if exc.error_type != "invalid_request_error" else "api_error"
+            yield encode_sse(error_payload(error_type, f"local model failed: {exc.message}"))
+        except LedgerUnavailable as exc:
+            log.error("local_stream_stopped", session=turn.session, error=str(exc))
+            yield encode_sse(error_payload("api_error", _ledger_down(exc).message))
+        finally:
+            await _close(events)
+            release()
 
     def _local_failed(
-        self, turn: Turn, headers: list[tuple[str, str]], cloud_error: ProviderError | None, failure: ProviderError
+        self,
+        turn: Turn,
+        headers: list[tuple[str, str]],
+        cloud_error: ProviderError | None,
+        failure: ProviderError,
     ) -> Outgoing:
+        # A local model's error text may quote what it was given or said: log its kind and size only.
         log.warning(
             "local_failed",
             session=turn.session,
             request_id=turn.request_id,
-            error=failure.message,
+            error_type=type(failure).__name__,
+            error_length=len(failure.message),
             fallback=cloud_error is not None,
         )
         self.store.audit_append(
@@ -685,23 +833,24 @@ class Engine:
     async def count_tokens(self, request: Incoming) -> Outgoing:
         """Counted by the cloud on the filtered payload; estimated locally when the cloud cannot or may not.
 
-        Counting sends the conversation, so it obeys locality like a turn would: a request carrying a
-        local control, or one in a conversation that is local right now (forced, or inside a local
-        tool loop), is estimated here and never leaves the machine.
+        Counting sends the conversation, so it obeys locality like a turn would, whatever session it
+        names: a request carrying a local control, continuing a local tool loop, or of a conversation
+        that is local right now is estimated here; any other is filtered as a turn would be, and one
+        the egress guard would refuse is estimated rather than refused.
         """
         read = self._read(request)
-        body, messages = read.body, read.messages
-        self.ledger.refresh()
+        body = read.body
+        self._refresh()
         if (
             read.controls.force_local
-            or self._continuation_route(messages) == "local"
+            or self._continuation_route(read.messages) == "local"
             or self._load(read.session).state == "local"
         ):
             return self._estimate_tokens(body)
-        try:
-            payload, _ = self.cloud_payload(body, messages, current_turn_start(messages), request.body)
-        except TrooperError:
+        planned = self.cloud_payload(read, self._walk(read), request.body)
+        if isinstance(planned, Blocked):
             return self._estimate_tokens(body)
+        payload, _ = planned
         upstream = UpstreamRequest(request.method, request.path, request.query, request.headers, payload)
         try:
             response = await self.cloud.send(upstream)
@@ -984,25 +1133,6 @@ def validate_messages(body: JSON) -> list[JSON]:
     if not any(message["role"] == "user" for message in messages):
         raise invalid_request("messages: at least one message must have role 'user'")
     return messages
-
-
-def strip_controls(body: JSON, controls: Controls, marker: str) -> JSON:
-    """The body a provider may see: Trooper's fields removed, the marker cut from the prompt."""
-    out = {k: v for k, v in body.items() if k not in TROOPER_FIELDS}
-    if controls.marker_block is None:
-        return out
-    message_index, block_index = controls.marker_block
-    messages = list(out["messages"])
-    message = dict(messages[message_index])
-    blocks = content_blocks(message)
-    block = blocks[block_index]
-    text = block if isinstance(block, str) else str(block.get("text", ""))
-    stripped = strip_marker(text, marker) or ""
-    new_block = {**block, "text": stripped} if isinstance(block, Mapping) else {"type": "text", "text": stripped}
-    message["content"] = [*blocks[:block_index], new_block, *blocks[block_index + 1 :]]
-    messages[message_index] = message
-    out["messages"] = messages
-    return out
 
 
 __all__ = ["Engine", "Incoming", "Outgoing", "Turn", "parse_body", "validate_messages"]

@@ -168,7 +168,7 @@ class TrooperApp:
                 send, 500, _JSON_HEADERS, error_body("api_error", "Trooper hit an internal error; see its log")
             )
             return
-        await _send_reply(send, reply)
+        await _send_reply(send, receive, reply)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         for name, value in scope["headers"]:
@@ -285,24 +285,49 @@ async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _send_reply(send: Send, reply: Outgoing) -> None:
+async def _send_reply(send: Send, receive: Receive, reply: Outgoing) -> None:
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
     if reply.stream is None:
         headers = [h for h in headers if h[0] != b"content-length"]
         await _send_whole(send, reply.status, headers, reply.body)
         return
     stream = reply.stream
+    # A client that goes away must stop the stream at once — a local reply would otherwise run on
+    # to its end with nobody reading (uvicorn's ``send`` returns silently once the peer is gone) —
+    # so the stream is pumped in a task that a disconnect cancels.
+    pump = asyncio.ensure_future(_pump(send, reply.status, headers, stream))
+    watch = asyncio.ensure_future(_disconnected(receive))
     try:
-        await send({"type": "http.response.start", "status": reply.status, "headers": _dated(headers)})
+        await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (pump, watch):
+            if not task.done():
+                task.cancel()
+        for task in (pump, watch):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if watch.done() and not watch.cancelled() and pump.cancelled():
+            log.info("client_disconnected")
+        if isinstance(stream, AsyncIterator) and hasattr(stream, "aclose"):
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+
+
+async def _pump(send: Send, status: int, headers: list[tuple[bytes, bytes]], stream: AsyncIterator[bytes]) -> None:
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": _dated(headers)})
         async for chunk in stream:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except OSError:
         log.info("client_disconnected")
-    finally:
-        if isinstance(stream, AsyncIterator) and hasattr(stream, "aclose"):
-            with contextlib.suppress(Exception):
-                await stream.aclose()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 def create_app(config: Config | None = None, engine: Engine | None = None, *, owns_engine: bool = False) -> TrooperApp:
