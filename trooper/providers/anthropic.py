@@ -31,7 +31,7 @@ from trooper.providers.base import (
     UpstreamResponse,
     header,
 )
-from trooper.providers.transport import TransportKind, make_transport
+from trooper.providers.transport import Transport, TransportKind, make_transport
 
 #: Headers a proxy must not forward (RFC 9110 §7.6.1) plus those the HTTP client recomputes.
 HOP_BY_HOP: frozenset[str] = frozenset(
@@ -72,14 +72,20 @@ class AnthropicProvider:
         connect_timeout: float = 10.0,
         first_byte_timeout: float = 600.0,
         idle_timeout: float = 300.0,
-        transport: TransportKind = "aiohttp",
+        transport: TransportKind | Transport = "aiohttp",
         name: str = "anthropic",
     ) -> None:
+        """``transport`` names an HTTP client stack, or is a :class:`Transport` to use as it is (a test
+        seam: :class:`trooper.testing.inprocess.ASGITransport` drives a fake without sockets)."""
         self.name = name
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._first_byte_timeout = first_byte_timeout
-        self._transport = make_transport(transport, connect_timeout=connect_timeout, idle_timeout=idle_timeout)
+        self._transport = (
+            make_transport(transport, connect_timeout=connect_timeout, idle_timeout=idle_timeout)
+            if isinstance(transport, str)
+            else transport
+        )
 
     @classmethod
     def from_config(cls, config: Config) -> AnthropicProvider:

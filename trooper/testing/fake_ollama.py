@@ -202,12 +202,15 @@ class FakeOllama(RequestLog):
         self._queue: deque[Script] = deque(replies)
         self._closing = threading.Event()
         self._server: LoopbackServer | None = None
+        #: The ASGI app: served on a socket by :meth:`start`, or driven in-process
+        #: (:mod:`trooper.testing.inprocess`).
+        self.app: Starlette = self._starlette()
 
     # -- lifecycle
 
     def start(self) -> FakeOllama:
         self._closing.clear()
-        self._server = LoopbackServer(self.app()).start()
+        self._server = LoopbackServer(self.app).start()
         return self
 
     def stop(self) -> None:
@@ -256,7 +259,7 @@ class FakeOllama(RequestLog):
 
     # -- the ASGI app
 
-    def app(self) -> Starlette:
+    def _starlette(self) -> Starlette:
         return Starlette(
             routes=[
                 Route("/", self._root, methods=["GET", "HEAD"]),
