@@ -166,12 +166,10 @@ def test_cloud_tool_loop_stays_in_the_cloud(trooper: Harness, fake_cloud: FakeAn
         *_history_with(call, history),
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "42"}]},
     ]
-    raw = client.messages.with_raw_response.create(
-        model=MODEL, max_tokens=64, messages=history, extra_body={"x_force_local": True}
-    )
+    raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=64, messages=history)
     assert raw.headers["x-trooper-route"] == "cloud"
     assert raw.headers["x-trooper-reason"] == "continuation"
-    assert "x_force_local" not in fake_cloud.last_json()
+    assert fake_cloud.last_json()["messages"] == history
 
 
 def test_forced_local_fails_closed_when_local_is_down(trooper_local_down: Harness, fake_cloud: FakeAnthropic) -> None:
@@ -247,7 +245,7 @@ def test_egress_guard_refuses_local_text_pasted_into_a_cloud_prompt(
     pasted = f"Please review this plan: {answer.upper()}"
     with pytest.raises(anthropic.PermissionDeniedError) as info:
         client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": pasted}])
-    assert "handled locally" in info.value.message
+    assert "messages.0.content.0" in info.value.message and "::local" in info.value.message
     assert fake_cloud.requests == []
     # The guard's refusal is not sticky: an unrelated prompt goes through.
     assert client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}]).content

@@ -1,11 +1,13 @@
-"""Invariant I1 as a property: no canary planted in local content ever reaches the cloud's bytes.
+"""The privacy property over real loopback sockets: a smoke test of the in-process machine's promise.
 
-A hypothesis state machine plays a client through a real Trooper (SQLite store) against the fake
-Anthropic and the fake Ollama: cloud turns, forced-local turns through each control, local tool
-loops, clients re-formatting the history they re-send, session-id changes and restarts. After every
-step it checks *safety* (no local canary in what the cloud received, in raw, JSON-unescaped, case-
-and whitespace-folded form) and *liveness* (cloud turns' content does reach the cloud, so a Trooper
-that sends nothing cannot pass). The last test disables the filter and shows the property catches it.
+The thorough exploration runs in-process (``tests/test_privacy_machine.py``); this machine plays a
+smaller mix of the same turns through a real Trooper on loopback sockets (SQLite store) against the
+fake Anthropic and the fake Ollama on theirs: cloud turns, forced-local turns through each control,
+local tool loops, clients re-formatting the history they re-send, session-id changes and restarts.
+After every step it checks *safety* (no local canary in what the cloud received, in raw, JSON-
+unescaped, case- and whitespace-folded form) and *liveness* (cloud turns' content does reach the
+cloud, so a Trooper that sends nothing cannot pass). The last test disables the filter and shows the
+property catches it.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from trooper.testing import fake_ollama as local_script
 
 MODEL = "claude-sonnet-4-6"
 SETTINGS = settings(
-    max_examples=20,
-    stateful_step_count=10,
+    max_examples=6,
+    stateful_step_count=8,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
@@ -250,15 +252,15 @@ def test_local_content_never_reaches_the_cloud() -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_the_property_fails_when_the_filter_is_disabled(monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
-    """Test the test: with the ledger filter replaced by a pass-through, the safety check catches the
-    leak on the shortest sequence that shows it (a local turn, then a cloud turn)."""
+    """Test the test: with the cloud payload filter replaced by a pass-through, the safety check catches
+    the leak on the shortest sequence that shows it (a local turn, then a cloud turn)."""
     import trooper.engine
-    from trooper.ledger import FilterResult
+    from trooper.ledger import CloudPlan
 
-    def no_filter(messages: list[dict[str, Any]], *args: Any, **kwargs: Any) -> FilterResult:
-        return FilterResult(list(messages), False, 0, 0, (), frozenset())
+    def no_filter(body: dict[str, Any], messages: list[dict[str, Any]], *args: Any, **kwargs: Any) -> CloudPlan:
+        return CloudPlan(list(messages), body.get("system"), False)
 
-    monkeypatch.setattr(trooper.engine, "filter_messages", no_filter)
+    monkeypatch.setattr(trooper.engine, "plan_cloud", no_filter)
     machine = PrivacyMachine()
     try:
         machine.first_turn()
