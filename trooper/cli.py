@@ -113,16 +113,22 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     "directory",
     type=click.Path(file_okay=False),
     default=None,
-    help="Write diagrams/conversation.{mmd,dot} into this directory instead of printing.",
+    metavar="DIR",
+    help="Write conversation.mmd, conversation.dot and README.md (the diagrams' legend) into DIR instead of "
+    "printing. Files there that trooper graph did not write are never replaced.",
 )
 @click.option("--session", default=None, help="Draw one stored conversation's path through the machine.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
 def graph(fmt: str, directory: str | None, session: str | None, config_path: str | None) -> None:
     """Print (or write) the conversation state machine as Mermaid or DOT."""
-    from trooper.graph import render, write_diagrams
+    from trooper.graph import DiagramConflict, render, write_diagrams
 
     if directory is not None:
-        for path in write_diagrams(Path(directory)):
+        try:
+            written = write_diagrams(Path(directory))
+        except DiagramConflict as exc:
+            _fail(str(exc))
+        for path in written:
             click.echo(str(path))
         return
     conversation = None
