@@ -15,10 +15,11 @@ from typing import Any, NoReturn
 import click
 import orjson
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 from trooper import __version__
 from trooper.config import Config, ConfigError, load_config
+from trooper.tables import Column, print_table
 
 
 def _fail(message: str) -> NoReturn:
@@ -178,18 +179,19 @@ def sessions(config_path: str | None, limit: int, as_json: bool) -> None:
             ).decode()
         )
         return
-    table = Table(title="Trooper conversations")
-    for column in ("session", "state", "turns", "transitions", "last activity (UTC)"):
-        table.add_column(column, no_wrap=column != "details")
-    for row in rows:
-        table.add_row(
-            row["id"],
+    columns = [Column("session", keep=True), Column("state"), Column("turns"), Column("transitions")]
+    columns.append(Column("last activity (UTC)"))
+    cells = [
+        [
+            escape(row["id"]),
             row.get("state", "?"),
             str(row.get("turns", 0)),
             str(row.get("transitions", 0)),
             _when(row.get("updated")),
-        )
-    Console().print(table)
+        ]
+        for row in rows
+    ]
+    print_table(Console(), "Trooper conversations", columns, cells)
 
 
 @main.command()
@@ -223,22 +225,23 @@ def session(session_id: str, config_path: str | None, as_json: bool) -> None:
         return
     console = Console()
     console.print(
-        f"[bold]{conv.id}[/bold]  state [bold]{conv.state}[/bold]  turns {conv.turns}  transitions {conv.transitions}"
+        f"[bold]{escape(conv.id)}[/bold]  state [bold]{conv.state}[/bold]  turns {conv.turns}  "
+        f"transitions {conv.transitions}"
     )
-    table = Table(title="transitions")
-    for column in ("time (UTC)", "event", "from", "to", "reason"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("request", no_wrap=True, max_width=18)
-    for entry in transitions:
-        table.add_row(
+    columns = [Column(name) for name in ("time (UTC)", "event", "from", "to", "reason")]
+    columns.append(Column("request", keep=True))
+    cells = [
+        [
             _when(entry.get("at")),
             entry.get("event", ""),
             entry.get("source", ""),
             entry.get("dest", ""),
             entry.get("reason", ""),
             entry.get("request_id") or "-",
-        )
-    console.print(table)
+        ]
+        for entry in transitions
+    ]
+    print_table(console, "transitions", columns, cells)
 
 
 @main.command()
@@ -256,9 +259,12 @@ def audit(session_id: str, config_path: str | None, as_json: bool) -> None:
         for record in records:
             click.echo(orjson.dumps(record).decode())
         return
-    table = Table(title=f"audit trail of {session_id}")
-    for column in ("time (UTC)", "kind", "route / event", "reason", "details"):
-        table.add_column(column, no_wrap=column != "details")
+    print_audit(Console(), session_id, records)
+
+
+def print_audit(console: Console, session_id: str, records: list[dict[str, Any]]) -> None:
+    """One conversation's audit trail as a table (also what ``trooper demo`` ends with)."""
+    cells: list[list[str]] = []
     for record in records:
         kind = record["kind"]
         if kind == "transition":
@@ -274,8 +280,9 @@ def audit(session_id: str, config_path: str | None, as_json: bool) -> None:
         else:
             what = kind
             details = ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("at", "kind"))
-        table.add_row(_when(record.get("at")), kind, what, str(record.get("reason", "")), details)
-    Console().print(table)
+        cells.append([_when(record.get("at")), kind, escape(what), str(record.get("reason", "")), escape(details)])
+    columns = [Column(name) for name in ("time (UTC)", "kind", "route / event", "reason", "details")]
+    print_table(console, f"audit trail of {escape(session_id)}", columns, cells)
 
 
 @main.command()
@@ -292,11 +299,10 @@ def doctor(config_path: str | None) -> None:
     console.print("[bold]configuration[/bold] (credentials hidden)")
     console.print_json(orjson.dumps(redacted(config)).decode())
     checks = asyncio.run(diagnose(config))
-    table = Table(title="checks")
-    for column in ("check", "result", "detail"):
-        table.add_column(column, no_wrap=column != "details")
-    for check in checks:
-        table.add_row(check.name, "[green]ok[/green]" if check.ok else "[red]FAIL[/red]", check.detail)
-    console.print(table)
+    columns = [Column("check", keep=True), Column("result", keep=True), Column("detail")]
+    cells = [
+        [check.name, "[green]ok[/green]" if check.ok else "[red]FAIL[/red]", escape(check.detail)] for check in checks
+    ]
+    print_table(console, "checks", columns, cells)
     if not all(check.ok for check in checks):
         sys.exit(1)
