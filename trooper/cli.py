@@ -6,7 +6,6 @@ traceback — because the first thing a new user does is mistype an environment 
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,15 +24,6 @@ from trooper.tables import Column, print_table
 def _fail(message: str) -> NoReturn:
     click.echo(f"trooper: {message}", err=True)
     sys.exit(2)
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _config(path: str | None) -> Config:
@@ -60,7 +50,11 @@ def main() -> None:
 @click.option("--host", default=None, help="Address to bind (overrides TROOPER_HOST).")
 @click.option("--port", type=int, default=None, help="Port to bind (overrides TROOPER_PORT).")
 def serve(config_path: str | None, host: str | None, port: int | None) -> None:
-    """Run the proxy. Point ANTHROPIC_BASE_URL at it."""
+    """Run the proxy. Point ANTHROPIC_BASE_URL at it.
+
+    It binds its port first (a busy port is one line and exit 2), then says whether the cloud, Ollama
+    and the local model answer; an unreachable upstream does not stop it.
+    """
     config = _config(config_path)
 
     import attrs
@@ -69,33 +63,41 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     from trooper.audit import configure_logging
     from trooper.engine import Engine
     from trooper.server import UVICORN_OPTIONS, create_app
+    from trooper.startup import bind, bind_error, refusal, report_when_started
 
-    server = attrs.evolve(
-        config.server, host=host or config.server.host, port=config.server.port if port is None else port
+    server_config = attrs.evolve(
+        config.server,
+        host=host or config.server.host,
+        port=config.server.port if port is None else port,
     )
-    config = attrs.evolve(config, server=server)
-    if not _loopback(config.server.host) and not config.server.admin_token:
-        _fail(
-            f"refusing to listen on {config.server.host} without an admin token: set TROOPER_ADMIN_TOKEN "
-            "(the admin API shows sessions and health) or listen on 127.0.0.1"
-        )
+    config = attrs.evolve(config, server=server_config)
+    problem = refusal(config)
+    if problem is not None:
+        _fail(problem)
     configure_logging(config.server.log_level)
+    try:
+        sock = bind(config.server.host, config.server.port)
+    except OSError as exc:
+        _fail(f"cannot listen on {config.server.host}:{config.server.port}: {bind_error(exc)}")
     try:
         engine = Engine.from_config(config)
     except ConfigError as exc:
+        sock.close()
         _fail(str(exc))
     except OSError as exc:
+        sock.close()
         _fail(f"cannot open the store at {config.store.path}: {exc}")
+    bound_port = sock.getsockname()[1]
+    url_host = f"[{config.server.host}]" if ":" in config.server.host else config.server.host
     click.echo(
-        f"trooper {__version__} listening on http://{config.server.host}:{config.server.port} "
-        f"(cloud: {config.anthropic.base_url}, local: {config.ollama.model} at {config.ollama.base_url})",
+        f"trooper {__version__} listening on http://{url_host}:{bound_port} "
+        f"(cloud: {config.anthropic.base_url}, local: {config.ollama.model} at {config.ollama.base_url}, "
+        f"store: {config.store.path})",
         err=True,
     )
-    try:
-        uvicorn.run(
+    server = uvicorn.Server(
+        uvicorn.Config(
             create_app(config, engine, owns_engine=True),
-            host=config.server.host,
-            port=config.server.port,
             http="httptools",
             loop="uvloop" if sys.platform != "win32" else "asyncio",
             log_level="warning",
@@ -103,8 +105,18 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
             lifespan="on",
             **UVICORN_OPTIONS,
         )
-    except OSError as exc:
-        _fail(f"cannot listen on {config.server.host}:{config.server.port}: {exc}")
+    )
+    report_when_started(
+        config, lambda: server.started, lambda: server.should_exit, lambda line: click.echo(line, err=True)
+    )
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # uvicorn shut down cleanly, then re-raised the Ctrl-C it had caught
+    finally:
+        sock.close()
+    if not server.started:
+        sys.exit(3)  # the app failed its start-up; uvicorn logged why
 
 
 @main.command()
