@@ -117,6 +117,8 @@ def test_unreachable_upstreams_are_reported_and_serving_goes_on(tmp_path: Path, 
         tmp_path,
         TROOPER_ANTHROPIC_BASE_URL=cloud,
         TROOPER_OLLAMA_BASE_URL=local,
+        TROOPER_STORE="memory",
+        TROOPER_SERVER_EPHEMERAL="1",  # the acknowledgement through the environment
     )
     process = Serving(["--port", "0"], env)
     serving.append(process)
@@ -133,7 +135,9 @@ def test_reachable_upstreams_and_a_missing_model_are_reported(
     fake_cloud: FakeAnthropic, fake_local: FakeOllama, tmp_path: Path, serving: list[Serving]
 ) -> None:
     env = _env(tmp_path, TROOPER_ANTHROPIC_BASE_URL=fake_cloud.url, TROOPER_OLLAMA_BASE_URL=fake_local.url)
-    process = Serving(["--port", "0"], {**env, "TROOPER_OLLAMA_MODEL": "nope"})
+    process = Serving(
+        ["--port", "0", "--ephemeral"], {**env, "TROOPER_STORE": "memory", "TROOPER_OLLAMA_MODEL": "nope"}
+    )
     serving.append(process)
     assert process.until(r"^\s+(ok|FAIL)\s+cloud:").split()[0] == "ok"
     assert process.until(r"^\s+(ok|FAIL)\s+local provider:").split()[0] == "ok"
@@ -145,3 +149,19 @@ def test_reachable_upstreams_and_a_missing_model_are_reported(
     model = process.until(r"^\s+(ok|FAIL)\s+local model:")
     assert model.split()[0] == "ok" and "context 32768 tokens" in model
     assert process.interrupt() == 0
+
+
+@pytest.mark.parametrize("settings", [{}, {"TROOPER_SERVER_EPHEMERAL": "false"}])
+def test_serve_refuses_the_memory_store_unless_told(tmp_path: Path, settings: dict[str, str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "trooper", "serve", "--port", "0"],
+        env=_env(tmp_path, TROOPER_STORE="memory", **settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trooper: refusing to serve on store.path = memory")
+    assert "--ephemeral" in lines[0] and "TROOPER_SERVER_EPHEMERAL=1" in lines[0]

@@ -49,7 +49,13 @@ def main() -> None:
 )
 @click.option("--host", default=None, help="Address to bind (overrides TROOPER_HOST).")
 @click.option("--port", type=int, default=None, help="Port to bind (overrides TROOPER_PORT).")
-def serve(config_path: str | None, host: str | None, port: int | None) -> None:
+@click.option(
+    "--ephemeral",
+    is_flag=True,
+    default=None,
+    help="Allow TROOPER_STORE=memory, which loses the privacy ledger on restart (server.ephemeral).",
+)
+def serve(config_path: str | None, host: str | None, port: int | None, ephemeral: bool | None) -> None:
     """Run the proxy. Point ANTHROPIC_BASE_URL at it.
 
     It binds its port first (a busy port is one line and exit 2), then says whether the cloud, Ollama
@@ -69,6 +75,7 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
         config.server,
         host=host or config.server.host,
         port=config.server.port if port is None else port,
+        ephemeral=config.server.ephemeral if ephemeral is None else ephemeral,
     )
     config = attrs.evolve(config, server=server_config)
     problem = refusal(config)

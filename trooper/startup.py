@@ -40,8 +40,16 @@ def is_loopback(host: str) -> bool:
 def refusal(config: Config) -> str | None:
     """Why ``serve`` must not start with ``config`` (one line), or None.
 
-    A non-loopback address exposes the admin API, so it needs an admin token.
+    The in-memory store loses the provenance ledger on restart, and with it the record of what must
+    never reach the cloud, so serving on it needs ``server.ephemeral``. A non-loopback address
+    exposes the admin API, so it needs an admin token.
     """
+    if config.store.path == "memory" and not config.server.ephemeral:
+        return (
+            "refusing to serve on store.path = memory: it loses the privacy ledger (what must never reach the "
+            "cloud) on restart; set TROOPER_STORE to an SQLite file, or accept the loss with --ephemeral "
+            "(TROOPER_SERVER_EPHEMERAL=1)"
+        )
     if not is_loopback(config.server.host) and not config.server.admin_token:
         return (
             f"refusing to listen on {config.server.host} without an admin token: set TROOPER_ADMIN_TOKEN "
