@@ -144,11 +144,6 @@ def test_reachable_upstreams_and_a_missing_model_are_reported(
     model = process.until(r"^\s+(ok|FAIL)\s+local model:")
     assert model.split()[0] == "FAIL" and "ollama pull nope" in model
     assert process.interrupt() == 0
-    process = Serving(["--port", "0"], env)
-    serving.append(process)
-    model = process.until(r"^\s+(ok|FAIL)\s+local model:")
-    assert model.split()[0] == "ok" and "context 32768 tokens" in model
-    assert process.interrupt() == 0
 
 
 @pytest.mark.parametrize("settings", [{}, {"TROOPER_SERVER_EPHEMERAL": "false"}])

@@ -7,7 +7,6 @@ traceback — because the first thing a new user does is mistype an environment 
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -18,7 +17,7 @@ from rich.markup import escape
 
 from trooper import __version__
 from trooper.config import Config, ConfigError, load_config
-from trooper.tables import Column, print_table
+from trooper.tables import Column, print_audit, print_table, when
 
 
 def _fail(message: str) -> NoReturn:
@@ -175,12 +174,6 @@ def _open_store(config_path: str | None) -> Any:
         _fail(f"cannot open the store at {config.store.path}: {exc}")
 
 
-def _when(at: float | None) -> str:
-    if at is None:
-        return "-"
-    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 @main.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--limit", type=int, default=50, show_default=True)
@@ -206,7 +199,7 @@ def sessions(config_path: str | None, limit: int, as_json: bool) -> None:
             row.get("state", "?"),
             str(row.get("turns", 0)),
             str(row.get("transitions", 0)),
-            _when(row.get("updated")),
+            when(row.get("updated")),
         ]
         for row in rows
     ]
@@ -251,7 +244,7 @@ def session(session_id: str, config_path: str | None, as_json: bool) -> None:
     columns.append(Column("request", keep=True))
     cells = [
         [
-            _when(entry.get("at")),
+            when(entry.get("at")),
             entry.get("event", ""),
             entry.get("source", ""),
             entry.get("dest", ""),
@@ -281,29 +274,6 @@ def audit(session_id: str, config_path: str | None, as_json: bool) -> None:
     print_audit(Console(), session_id, records)
 
 
-def print_audit(console: Console, session_id: str, records: list[dict[str, Any]]) -> None:
-    """One conversation's audit trail as a table (also what ``trooper demo`` ends with)."""
-    cells: list[list[str]] = []
-    for record in records:
-        kind = record["kind"]
-        if kind == "transition":
-            what, details = f"{record['event']}: {record['source']} → {record['dest']}", ""
-        elif kind == "turn":
-            what = f"{record.get('route')} ({record.get('provider')} {record.get('model')})"
-            layers = record.get("memory") or {}
-            details = (
-                f"status {record.get('status')}, withheld {record.get('withheld_blocks', 0)} blocks, "
-                f"guard hits {record.get('guard_hits', 0)}, {record.get('duration_ms')} ms"
-                + (f", memory {layers}" if layers else "")
-            )
-        else:
-            what = kind
-            details = ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("at", "kind"))
-        cells.append([_when(record.get("at")), kind, escape(what), str(record.get("reason", "")), escape(details)])
-    columns = [Column(name) for name in ("time (UTC)", "kind", "route / event", "reason", "details")]
-    print_table(console, f"audit trail of {escape(session_id)}", columns, cells)
-
-
 @main.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
 def doctor(config_path: str | None) -> None:
@@ -325,3 +295,81 @@ def doctor(config_path: str | None) -> None:
     print_table(console, "checks", columns, cells)
     if not all(check.ok for check in checks):
         sys.exit(1)
+
+
+def _wait_for_interrupt() -> None:
+    """Block until Ctrl-C or SIGTERM; both end the command cleanly (exit 0)."""
+    import signal
+    import time
+
+    def stop(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return
+
+
+@main.command()
+@click.option("--serve", "keep_serving", is_flag=True, help="Keep the stack up afterwards for your own client.")
+@click.option("--port", type=int, default=0, show_default=True, help="Trooper's port with --serve (0: a free one).")
+def demo(keep_serving: bool, port: int) -> None:
+    """See it work with no key, no network and no Ollama.
+
+    Starts a fake cloud, a fake Ollama and a Trooper in front of them on loopback, plays a short
+    conversation through the anthropic SDK (cloud, ::local, cloud with the local turn withheld, a
+    quota fallback, recovery) and prints each turn's route and reason, what the fake cloud received,
+    the state graph and the audit trail. Exits 1 if a route is unexpected or local text reached the
+    fake cloud.
+    """
+    from trooper.audit import configure_logging
+    from trooper.demo import _print_stack, play, report, running, serve_hints
+
+    configure_logging("warning")
+    console = Console(highlight=False)
+    try:
+        with running(port=port) as stack:
+            _print_stack(console, stack)
+            outcome = play(stack, console)
+            report(outcome, console)
+            if keep_serving:
+                for line in serve_hints(stack):
+                    click.echo(line)
+                _wait_for_interrupt()
+    except OSError as exc:
+        _fail(f"cannot start the demo: {exc.strerror or exc}")
+    sys.exit(0 if outcome.ok else 1)
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["anthropic", "ollama"]))
+@click.option("--port", type=int, default=0, show_default=True, help="Port on 127.0.0.1 (0: a free one).")
+@click.option("--model", "models", multiple=True, help="A model the fake Ollama has (repeatable; default qwen3).")
+def fake(kind: str, port: int, models: tuple[str, ...]) -> None:
+    """Run one of the fake upstreams Trooper's tests use, as a server on loopback.
+
+    The fake Anthropic answers every message with what it received (model, message count, the last
+    user text); the fake Ollama answers "local ok". Both record requests in memory only. Point
+    Trooper at one with TROOPER_ANTHROPIC_BASE_URL or TROOPER_OLLAMA_BASE_URL. Ctrl-C stops it.
+    """
+    from trooper.testing import FakeAnthropic, FakeOllama
+
+    server: FakeAnthropic | FakeOllama
+    try:
+        if kind == "anthropic":
+            server = FakeAnthropic(describe=True, port=port).start()
+        else:
+            server = FakeOllama(models or ("qwen3",), port=port).start()
+    except OSError as exc:
+        _fail(f"cannot listen on 127.0.0.1:{port}: {(exc.strerror or str(exc)).lower()}")
+    variable = "TROOPER_ANTHROPIC_BASE_URL" if kind == "anthropic" else "TROOPER_OLLAMA_BASE_URL"
+    click.echo(f"fake {kind} listening on {server.url}")
+    click.echo(f"  point Trooper at it: {variable}={server.url}")
+    click.echo("  Ctrl-C stops it")
+    try:
+        _wait_for_interrupt()
+    finally:
+        server.stop()

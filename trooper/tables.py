@@ -11,10 +11,13 @@ so an id is never wrapped or cut by the layout.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import attrs
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -113,4 +116,34 @@ def _print_blocks(console: Console, title: str, columns: Sequence[Column], rows:
             console.print(Text("    ") + Text(" · ").join(rest))
 
 
-__all__ = ["Column", "print_table"]
+def when(at: float | None) -> str:
+    """A stored timestamp as UTC, to the second; ``-`` when there is none."""
+    if at is None:
+        return "-"
+    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def print_audit(console: Console, session_id: str, records: list[dict[str, Any]]) -> None:
+    """One conversation's audit trail as a table (also what ``trooper demo`` ends with)."""
+    cells: list[list[str]] = []
+    for record in records:
+        kind = record["kind"]
+        if kind == "transition":
+            what, details = f"{record['event']}: {record['source']} → {record['dest']}", ""
+        elif kind == "turn":
+            what = f"{record.get('route')} ({record.get('provider')} {record.get('model')})"
+            layers = record.get("memory") or {}
+            details = (
+                f"status {record.get('status')}, withheld {record.get('withheld_blocks', 0)} blocks, "
+                f"guard hits {record.get('guard_hits', 0)}, {record.get('duration_ms')} ms"
+                + (", memory " + " ".join(f"{layer}={tokens}" for layer, tokens in layers.items()) if layers else "")
+            )
+        else:
+            what = kind
+            details = ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("at", "kind"))
+        cells.append([when(record.get("at")), kind, escape(what), str(record.get("reason", "")), escape(details)])
+    columns = [Column(name) for name in ("time (UTC)", "kind", "route / event", "reason", "details")]
+    print_table(console, f"audit trail of {escape(session_id)}", columns, cells)
+
+
+__all__ = ["Column", "print_audit", "print_table", "when"]
