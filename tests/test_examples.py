@@ -101,3 +101,26 @@ def test_the_license_is_the_mit_one_pyproject_names() -> None:
     assert text.startswith("MIT License\n\nCopyright (c) 2026 The Trooper authors\n")
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert pyproject["project"]["license"] == {"text": "MIT"}
+
+
+# ------------------------------------------------------------------------------ README
+
+
+def _section(title: str) -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    return readme.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_quickstart_points_at_the_demo() -> None:
+    assert "`.venv/bin/trooper demo`" in _section("Quickstart")
+    assert "trooper demo --serve" in _section("Trying it without keys")
+
+
+def test_the_readme_names_the_claude_code_variables_the_tests_set() -> None:
+    names = set(
+        re.findall(r'"((?:CLAUDE_CODE_|DISABLE_)[A-Z_]+)": "1"', (ROOT / "tests" / "test_claude_code.py").read_text())
+    )
+    assert names == {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "DISABLE_TELEMETRY", "DISABLE_AUTOUPDATER"}
+    section = _section("Claude Code's optional traffic")
+    for name in names:
+        assert f"`{name}=1`" in section
