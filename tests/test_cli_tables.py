@@ -109,9 +109,9 @@ def test_doctor_at_80_columns_shows_every_verdict(
     rows = {}
     for line in table.splitlines():
         cells = line.replace("│", " ").split()
-        if cells and cells[0] in {"store", "cloud", "local"}:
+        if cells and cells[0] in {"serve", "store", "cloud", "local"}:
             rows[cells[0]] = cells
-    assert rows["store"][1] == "ok" and rows["cloud"][1] == "ok"
+    assert rows["serve"][1] == "ok" and rows["store"][1] == "ok" and rows["cloud"][1] == "ok"
     assert rows["local"][:3] == ["local", "provider", "FAIL"]
     assert "…" not in table
     _fits(table)

@@ -160,3 +160,18 @@ def test_serve_refuses_the_memory_store_unless_told(tmp_path: Path, settings: di
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("trooper: refusing to serve on store.path = memory")
     assert "--ephemeral" in lines[0] and "TROOPER_SERVER_EPHEMERAL=1" in lines[0]
+
+
+def test_a_bad_port_option_is_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "trooper", "serve", "--port", "70000"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "trooper: bad setting server.port (from --port): must be between 0 and 65535, got 70000"
+    ]

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from trooper import __version__
-from trooper.config import Config, ConfigError, load_config
+from trooper.config import Config, ConfigError, SettingError, load_config
 from trooper.tables import Column, print_audit, print_table, when
 
 
@@ -70,12 +70,15 @@ def serve(config_path: str | None, host: str | None, port: int | None, ephemeral
     from trooper.server import UVICORN_OPTIONS, create_app
     from trooper.startup import bind, bind_error, refusal, report_when_started
 
-    server_config = attrs.evolve(
-        config.server,
-        host=host or config.server.host,
-        port=config.server.port if port is None else port,
-        ephemeral=config.server.ephemeral if ephemeral is None else ephemeral,
-    )
+    try:
+        server_config = attrs.evolve(
+            config.server,
+            host=host or config.server.host,
+            port=config.server.port if port is None else port,
+            ephemeral=config.server.ephemeral if ephemeral is None else ephemeral,
+        )
+    except SettingError as exc:
+        _fail(f"bad setting server.{exc.field} (from --{exc.field}): {exc.reason}")
     config = attrs.evolve(config, server=server_config)
     problem = refusal(config)
     if problem is not None:
@@ -288,6 +291,11 @@ def doctor(config_path: str | None) -> None:
     console.print("[bold]configuration[/bold] (credentials hidden)")
     console.print_json(orjson.dumps(redacted(config)).decode())
     checks = asyncio.run(diagnose(config))
+    from trooper.doctor import Check
+    from trooper.startup import refusal
+
+    problem = refusal(config)
+    checks.insert(1, Check("serve", problem is None, problem or "would start with this configuration"))
     columns = [Column("check", keep=True), Column("result", keep=True), Column("detail")]
     cells = [
         [check.name, "[green]ok[/green]" if check.ok else "[red]FAIL[/red]", escape(check.detail)] for check in checks
