@@ -84,4 +84,4 @@ def test_cli_reports_a_bad_setting_in_one_line_without_traceback(tmp_path: Path)
     )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert lines == ["trooper: bad setting server.port (from TROOPER_PORT): expected a number, got 'not-a-port'"]
+    assert lines == ["trooper: bad setting server.port (from TROOPER_PORT): expected an integer, got 'not-a-port'"]

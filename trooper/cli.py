@@ -6,33 +6,23 @@ traceback — because the first thing a new user does is mistype an environment 
 
 from __future__ import annotations
 
-import ipaddress
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 import orjson
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 from trooper import __version__
-from trooper.config import Config, ConfigError, load_config
+from trooper.config import Config, ConfigError, SettingError, load_config
+from trooper.tables import Column, print_audit, print_table, when
 
 
 def _fail(message: str) -> NoReturn:
     click.echo(f"trooper: {message}", err=True)
     sys.exit(2)
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _config(path: str | None) -> Config:
@@ -58,8 +48,18 @@ def main() -> None:
 )
 @click.option("--host", default=None, help="Address to bind (overrides TROOPER_HOST).")
 @click.option("--port", type=int, default=None, help="Port to bind (overrides TROOPER_PORT).")
-def serve(config_path: str | None, host: str | None, port: int | None) -> None:
-    """Run the proxy. Point ANTHROPIC_BASE_URL at it."""
+@click.option(
+    "--ephemeral",
+    is_flag=True,
+    default=None,
+    help="Allow TROOPER_STORE=memory, which loses the privacy ledger on restart (server.ephemeral).",
+)
+def serve(config_path: str | None, host: str | None, port: int | None, ephemeral: bool | None) -> None:
+    """Run the proxy. Point ANTHROPIC_BASE_URL at it.
+
+    It binds its port first (a busy port is one line and exit 2), then says whether the cloud, Ollama
+    and the local model answer; an unreachable upstream does not stop it.
+    """
     config = _config(config_path)
 
     import attrs
@@ -68,33 +68,45 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     from trooper.audit import configure_logging
     from trooper.engine import Engine
     from trooper.server import UVICORN_OPTIONS, create_app
+    from trooper.startup import bind, bind_error, refusal, report_when_started
 
-    server = attrs.evolve(
-        config.server, host=host or config.server.host, port=config.server.port if port is None else port
-    )
-    config = attrs.evolve(config, server=server)
-    if not _loopback(config.server.host) and not config.server.admin_token:
-        _fail(
-            f"refusing to listen on {config.server.host} without an admin token: set TROOPER_ADMIN_TOKEN "
-            "(the admin API shows sessions and health) or listen on 127.0.0.1"
+    try:
+        server_config = attrs.evolve(
+            config.server,
+            host=host or config.server.host,
+            port=config.server.port if port is None else port,
+            ephemeral=config.server.ephemeral if ephemeral is None else ephemeral,
         )
+    except SettingError as exc:
+        _fail(f"bad setting server.{exc.field} (from --{exc.field}): {exc.reason}")
+    config = attrs.evolve(config, server=server_config)
+    problem = refusal(config)
+    if problem is not None:
+        _fail(problem)
     configure_logging(config.server.log_level)
+    try:
+        sock = bind(config.server.host, config.server.port)
+    except OSError as exc:
+        _fail(f"cannot listen on {config.server.host}:{config.server.port}: {bind_error(exc)}")
     try:
         engine = Engine.from_config(config)
     except ConfigError as exc:
+        sock.close()
         _fail(str(exc))
     except OSError as exc:
+        sock.close()
         _fail(f"cannot open the store at {config.store.path}: {exc}")
+    bound_port = sock.getsockname()[1]
+    url_host = f"[{config.server.host}]" if ":" in config.server.host else config.server.host
     click.echo(
-        f"trooper {__version__} listening on http://{config.server.host}:{config.server.port} "
-        f"(cloud: {config.anthropic.base_url}, local: {config.ollama.model} at {config.ollama.base_url})",
+        f"trooper {__version__} listening on http://{url_host}:{bound_port} "
+        f"(cloud: {config.anthropic.base_url}, local: {config.ollama.model} at {config.ollama.base_url}, "
+        f"store: {config.store.path})",
         err=True,
     )
-    try:
-        uvicorn.run(
+    server = uvicorn.Server(
+        uvicorn.Config(
             create_app(config, engine, owns_engine=True),
-            host=config.server.host,
-            port=config.server.port,
             http="httptools",
             loop="uvloop" if sys.platform != "win32" else "asyncio",
             log_level="warning",
@@ -102,8 +114,18 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
             lifespan="on",
             **UVICORN_OPTIONS,
         )
-    except OSError as exc:
-        _fail(f"cannot listen on {config.server.host}:{config.server.port}: {exc}")
+    )
+    report_when_started(
+        config, lambda: server.started, lambda: server.should_exit, lambda line: click.echo(line, err=True)
+    )
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # uvicorn shut down cleanly, then re-raised the Ctrl-C it had caught
+    finally:
+        sock.close()
+    if not server.started:
+        sys.exit(3)  # the app failed its start-up; uvicorn logged why
 
 
 @main.command()
@@ -113,16 +135,22 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     "directory",
     type=click.Path(file_okay=False),
     default=None,
-    help="Write diagrams/conversation.{mmd,dot} into this directory instead of printing.",
+    metavar="DIR",
+    help="Write conversation.mmd, conversation.dot and README.md (the diagrams' legend) into DIR instead of "
+    "printing. Files there that trooper graph did not write are never replaced.",
 )
 @click.option("--session", default=None, help="Draw one stored conversation's path through the machine.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
 def graph(fmt: str, directory: str | None, session: str | None, config_path: str | None) -> None:
     """Print (or write) the conversation state machine as Mermaid or DOT."""
-    from trooper.graph import render, write_diagrams
+    from trooper.graph import DiagramConflict, render, write_diagrams
 
     if directory is not None:
-        for path in write_diagrams(Path(directory)):
+        try:
+            written = write_diagrams(Path(directory))
+        except DiagramConflict as exc:
+            _fail(str(exc))
+        for path in written:
             click.echo(str(path))
         return
     conversation = None
@@ -149,12 +177,6 @@ def _open_store(config_path: str | None) -> Any:
         _fail(f"cannot open the store at {config.store.path}: {exc}")
 
 
-def _when(at: float | None) -> str:
-    if at is None:
-        return "-"
-    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 @main.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--limit", type=int, default=50, show_default=True)
@@ -172,18 +194,19 @@ def sessions(config_path: str | None, limit: int, as_json: bool) -> None:
             ).decode()
         )
         return
-    table = Table(title="Trooper conversations")
-    for column in ("session", "state", "turns", "transitions", "last activity (UTC)"):
-        table.add_column(column, no_wrap=column != "details")
-    for row in rows:
-        table.add_row(
-            row["id"],
+    columns = [Column("session", keep=True), Column("state"), Column("turns"), Column("transitions")]
+    columns.append(Column("last activity (UTC)"))
+    cells = [
+        [
+            escape(row["id"]),
             row.get("state", "?"),
             str(row.get("turns", 0)),
             str(row.get("transitions", 0)),
-            _when(row.get("updated")),
-        )
-    Console().print(table)
+            when(row.get("updated")),
+        ]
+        for row in rows
+    ]
+    print_table(Console(), "Trooper conversations", columns, cells)
 
 
 @main.command()
@@ -217,22 +240,23 @@ def session(session_id: str, config_path: str | None, as_json: bool) -> None:
         return
     console = Console()
     console.print(
-        f"[bold]{conv.id}[/bold]  state [bold]{conv.state}[/bold]  turns {conv.turns}  transitions {conv.transitions}"
+        f"[bold]{escape(conv.id)}[/bold]  state [bold]{conv.state}[/bold]  turns {conv.turns}  "
+        f"transitions {conv.transitions}"
     )
-    table = Table(title="transitions")
-    for column in ("time (UTC)", "event", "from", "to", "reason"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("request", no_wrap=True, max_width=18)
-    for entry in transitions:
-        table.add_row(
-            _when(entry.get("at")),
+    columns = [Column(name) for name in ("time (UTC)", "event", "from", "to", "reason")]
+    columns.append(Column("request", keep=True))
+    cells = [
+        [
+            when(entry.get("at")),
             entry.get("event", ""),
             entry.get("source", ""),
             entry.get("dest", ""),
             entry.get("reason", ""),
             entry.get("request_id") or "-",
-        )
-    console.print(table)
+        ]
+        for entry in transitions
+    ]
+    print_table(console, "transitions", columns, cells)
 
 
 @main.command()
@@ -250,26 +274,7 @@ def audit(session_id: str, config_path: str | None, as_json: bool) -> None:
         for record in records:
             click.echo(orjson.dumps(record).decode())
         return
-    table = Table(title=f"audit trail of {session_id}")
-    for column in ("time (UTC)", "kind", "route / event", "reason", "details"):
-        table.add_column(column, no_wrap=column != "details")
-    for record in records:
-        kind = record["kind"]
-        if kind == "transition":
-            what, details = f"{record['event']}: {record['source']} → {record['dest']}", ""
-        elif kind == "turn":
-            what = f"{record.get('route')} ({record.get('provider')} {record.get('model')})"
-            layers = record.get("memory") or {}
-            details = (
-                f"status {record.get('status')}, withheld {record.get('withheld_blocks', 0)} blocks, "
-                f"guard hits {record.get('guard_hits', 0)}, {record.get('duration_ms')} ms"
-                + (f", memory {layers}" if layers else "")
-            )
-        else:
-            what = kind
-            details = ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("at", "kind"))
-        table.add_row(_when(record.get("at")), kind, what, str(record.get("reason", "")), details)
-    Console().print(table)
+    print_audit(Console(), session_id, records)
 
 
 @main.command()
@@ -286,11 +291,93 @@ def doctor(config_path: str | None) -> None:
     console.print("[bold]configuration[/bold] (credentials hidden)")
     console.print_json(orjson.dumps(redacted(config)).decode())
     checks = asyncio.run(diagnose(config))
-    table = Table(title="checks")
-    for column in ("check", "result", "detail"):
-        table.add_column(column, no_wrap=column != "details")
-    for check in checks:
-        table.add_row(check.name, "[green]ok[/green]" if check.ok else "[red]FAIL[/red]", check.detail)
-    console.print(table)
+    from trooper.doctor import Check
+    from trooper.startup import refusal
+
+    problem = refusal(config)
+    checks.insert(1, Check("serve", problem is None, problem or "would start with this configuration"))
+    columns = [Column("check", keep=True), Column("result", keep=True), Column("detail")]
+    cells = [
+        [check.name, "[green]ok[/green]" if check.ok else "[red]FAIL[/red]", escape(check.detail)] for check in checks
+    ]
+    print_table(console, "checks", columns, cells)
     if not all(check.ok for check in checks):
         sys.exit(1)
+
+
+def _wait_for_interrupt() -> None:
+    """Block until Ctrl-C or SIGTERM; both end the command cleanly (exit 0)."""
+    import signal
+    import time
+
+    def stop(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return
+
+
+@main.command()
+@click.option("--serve", "keep_serving", is_flag=True, help="Keep the stack up afterwards for your own client.")
+@click.option("--port", type=int, default=0, show_default=True, help="Trooper's port with --serve (0: a free one).")
+def demo(keep_serving: bool, port: int) -> None:
+    """See it work with no key, no network and no Ollama.
+
+    Starts a fake cloud, a fake Ollama and a Trooper in front of them on loopback, plays a short
+    conversation through the anthropic SDK (cloud, ::local, cloud with the local turn withheld, a
+    quota fallback, recovery) and prints each turn's route and reason, what the fake cloud received,
+    the state graph and the audit trail. Exits 1 if a route is unexpected or local text reached the
+    fake cloud.
+    """
+    from trooper.audit import configure_logging
+    from trooper.demo import _print_stack, play, report, running, serve_hints
+
+    configure_logging("warning")
+    console = Console(highlight=False)
+    try:
+        with running(port=port) as stack:
+            _print_stack(console, stack)
+            outcome = play(stack, console)
+            report(outcome, console)
+            if keep_serving:
+                for line in serve_hints(stack):
+                    click.echo(line)
+                _wait_for_interrupt()
+    except OSError as exc:
+        _fail(f"cannot start the demo: {exc.strerror or exc}")
+    sys.exit(0 if outcome.ok else 1)
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["anthropic", "ollama"]))
+@click.option("--port", type=int, default=0, show_default=True, help="Port on 127.0.0.1 (0: a free one).")
+@click.option("--model", "models", multiple=True, help="A model the fake Ollama has (repeatable; default qwen3).")
+def fake(kind: str, port: int, models: tuple[str, ...]) -> None:
+    """Run one of the fake upstreams Trooper's tests use, as a server on loopback.
+
+    The fake Anthropic answers every message with what it received (model, message count, the last
+    user text); the fake Ollama answers "local ok". Both record requests in memory only. Point
+    Trooper at one with TROOPER_ANTHROPIC_BASE_URL or TROOPER_OLLAMA_BASE_URL. Ctrl-C stops it.
+    """
+    from trooper.testing import FakeAnthropic, FakeOllama
+
+    server: FakeAnthropic | FakeOllama
+    try:
+        if kind == "anthropic":
+            server = FakeAnthropic(describe=True, port=port).start()
+        else:
+            server = FakeOllama(models or ("qwen3",), port=port).start()
+    except OSError as exc:
+        _fail(f"cannot listen on 127.0.0.1:{port}: {(exc.strerror or str(exc)).lower()}")
+    variable = "TROOPER_ANTHROPIC_BASE_URL" if kind == "anthropic" else "TROOPER_OLLAMA_BASE_URL"
+    click.echo(f"fake {kind} listening on {server.url}")
+    click.echo(f"  point Trooper at it: {variable}={server.url}")
+    click.echo("  Ctrl-C stops it")
+    try:
+        _wait_for_interrupt()
+    finally:
+        server.stop()

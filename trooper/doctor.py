@@ -6,6 +6,9 @@ without reading a traceback. Nothing here sends conversation content anywhere.
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import attrs
 import httpx
 
@@ -22,12 +25,20 @@ class Check:
 
 
 async def diagnose(config: Config, *, seconds: float = 5.0) -> list[Check]:
-    checks = [Check("configuration", True, "valid")]
-    checks.append(_store(config))
-    async with httpx.AsyncClient(timeout=seconds, trust_env=False) as client:
-        checks.append(await _cloud(client, config))
-        checks.extend(await _local(client, config))
+    """Every check ``trooper doctor`` shows: configuration, store, cloud, local provider, local model."""
+    checks = [Check("configuration", True, "valid"), _store(config)]
+    checks.extend(await upstream_checks(config, seconds=seconds))
     return checks
+
+
+async def upstream_checks(config: Config, *, seconds: float = 5.0) -> list[Check]:
+    """Whether the cloud, Ollama and the local model answer: what ``trooper serve`` reports at start-up.
+
+    The cloud and Ollama are asked at the same time, so an unreachable one costs ``seconds`` at most.
+    """
+    async with httpx.AsyncClient(timeout=seconds, trust_env=False) as client:
+        cloud, local = await asyncio.gather(_cloud(client, config), _local(client, config))
+    return [cloud, *local]
 
 
 def _store(config: Config) -> Check:
@@ -63,14 +74,32 @@ async def _local(client: httpx.AsyncClient, config: Config) -> list[Check]:
     model = config.ollama.model
     try:
         version = await client.get(f"{url}/api/version")
+        if version.status_code != 200:
+            return [Check("local provider", False, f"{url} answered HTTP {version.status_code}: is it Ollama?")]
+        checks = [Check("local provider", True, f"Ollama {_field(version, 'version')} at {url}")]
+        show = await client.post(f"{url}/api/show", json={"model": model})
     except httpx.HTTPError as exc:
         return [Check("local provider", False, f"cannot reach Ollama at {url}: {root_cause(exc)}")]
-    detail = version.json().get("version", "?") if version.status_code == 200 else f"HTTP {version.status_code}"
-    checks = [Check("local provider", version.status_code == 200, f"Ollama {detail} at {url}")]
-    show = await client.post(f"{url}/api/show", json={"model": model})
-    if show.status_code != 200:
+    if show.status_code == 404:
         checks.append(Check("local model", False, f"{model!r} is not installed (ollama pull {model})"))
         return checks
-    context = config.ollama.context_length or context_length_from_show(show.json())
-    checks.append(Check("local model", True, f"{model!r} installed, context {context or 'unknown'} tokens"))
+    if show.status_code != 200:
+        checks.append(Check("local model", False, f"Ollama answered HTTP {show.status_code} about {model!r}"))
+        return checks
+    shown = _json(show)
+    context = config.ollama.context_length or (context_length_from_show(shown) if isinstance(shown, dict) else None)
+    source = "configured" if config.ollama.context_length else "from Ollama"
+    checks.append(Check("local model", True, f"{model!r} installed, context {context or 'unknown'} tokens ({source})"))
     return checks
+
+
+def _json(reply: httpx.Response) -> Any:
+    try:
+        return reply.json()
+    except ValueError:
+        return None
+
+
+def _field(reply: httpx.Response, name: str) -> str:
+    data = _json(reply)
+    return str(data.get(name, "?")) if isinstance(data, dict) else "?"

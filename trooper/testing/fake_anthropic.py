@@ -815,7 +815,10 @@ class FakeAnthropic(RequestLog):
         describe: bool = False,
         models: Sequence[str] = DEFAULT_MODELS,
         organization_id: str = DEFAULT_ORGANIZATION_ID,
+        port: int = 0,
     ) -> None:
+        """``port=0`` (the default) takes a free port; a fixed one serves the fake at a known URL."""
+        self.port = port
         self.strict = strict
         self.describe = describe
         self.models = list(models)
@@ -842,7 +845,7 @@ class FakeAnthropic(RequestLog):
         if self._server is not None:
             raise RuntimeError("FakeAnthropic is already started")
         self._stopping = asyncio.Event()
-        self._server = LoopbackServer(self.app).start()
+        self._server = LoopbackServer(self.app, port=self.port).start()
         return self
 
     def stop(self) -> None:

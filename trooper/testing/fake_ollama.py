@@ -192,7 +192,10 @@ class FakeOllama(RequestLog):
         context_length: int = DEFAULT_CONTEXT_LENGTH,
         version: str = OLLAMA_VERSION,
         replies: Iterable[Script] = (),
+        port: int = 0,
     ) -> None:
+        """``port=0`` (the default) takes a free port; a fixed one serves the fake at a known URL."""
+        self.port = port
         self.version = version
         self.models: dict[str, FakeModel] = {}
         for model in models:
@@ -210,7 +213,7 @@ class FakeOllama(RequestLog):
 
     def start(self) -> FakeOllama:
         self._closing.clear()
-        self._server = LoopbackServer(self.app).start()
+        self._server = LoopbackServer(self.app, port=self.port).start()
         return self
 
     def stop(self) -> None:
