@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -61,6 +63,7 @@ from trooper.providers.base import (
     UpstreamResponse,
 )
 from trooper.recorder import Ledger, LedgerUnavailable
+from trooper.spans import warm_up
 from trooper.store.base import Origin, SessionStore
 from trooper.text import content_blocks
 from trooper.wire import (
@@ -130,7 +133,7 @@ class Turn:
     request_id: str
     body: JSON
     messages: list[JSON]
-    lineage: Lineage
+    walk: Callable[[], Lineage]
     controls: Controls
     stream: bool
     memory_fn: Callable[[Turn], MemoryResult]
@@ -144,6 +147,15 @@ class Turn:
     withheld_blocks: int = 0
     withheld_turns: int = 0
     guard_hits: int = 0
+    _lineage: Lineage | None = None
+
+    @property
+    def lineage(self) -> Lineage:
+        """Where the request's messages stand in their lineage: walked when first needed (a cloud turn
+        needs it only once the ledger holds something local)."""
+        if self._lineage is None:
+            self._lineage = self.walk()
+        return self._lineage
 
     def compact(self) -> None:
         """Called synchronously by the state machine when a turn starts running locally.
@@ -273,6 +285,9 @@ class Engine:
             raise ConfigError("providers.cloud must name a cloud provider and providers.local a local one")
         assert isinstance(cloud, CloudProvider)
         assert local is None or isinstance(local, LocalProvider)
+        # The word list that tells rare words from everyday ones takes a moment to load; load it now,
+        # off the event loop, rather than during the first local turn.
+        threading.Thread(target=warm_up, name="trooper-vocabulary", daemon=True).start()
         return cls(cloud=cloud, local=local, store=open_store(config.store.path), config=config)
 
     async def aclose(self) -> None:
@@ -323,8 +338,16 @@ class Engine:
         stream = body.get("stream") is True
         request_id = new_request_id()
         self._refresh()
-        lineage = self._walk(read)
-        turn = Turn(session, request_id, body, messages, lineage, controls, stream, self.memory.compact)
+        turn = Turn(
+            session,
+            request_id,
+            body,
+            messages,
+            functools.partial(self._walk, read),
+            controls,
+            stream,
+            self.memory.compact,
+        )
         await self.memory.prepare()
         continuation = self._continuation_route(messages)
         health_key = self._health_key(read.headers)
@@ -507,13 +530,24 @@ class Engine:
 
     # ---------------------------------------------------------------------------------- cloud
 
-    def cloud_payload(self, read: _Read, lineage: Lineage, raw: bytes) -> tuple[bytes, CloudPlan] | Blocked:
-        """The exact bytes the cloud receives: the original ones unless something must change."""
+    def cloud_payload(
+        self, read: _Read, lineage: Lineage | Callable[[], Lineage], raw: bytes
+    ) -> tuple[bytes, CloudPlan] | Blocked:
+        """The exact bytes the cloud receives: the original ones unless something must change.
+
+        With nothing local in the ledger there is nothing to withhold and nothing to guard: the
+        lineage is not even walked, and the original bytes go out.
+        """
         locality = self.config.locality
+        if not self.ledger.index.holds_local and not locality.protect_client_context:
+            untouched = CloudPlan(read.messages, read.body.get("system", NO_SYSTEM), False)
+            if not TROOPER_FIELDS & read.body.keys():
+                return raw, untouched
+            return orjson.dumps({k: v for k, v in read.body.items() if k not in TROOPER_FIELDS}), untouched
         plan = plan_cloud(
             read.body,
             read.messages,
-            lineage,
+            lineage if isinstance(lineage, Lineage) else lineage(),
             self.ledger.index,
             session=read.session,
             notice=locality.withheld_notice,
@@ -539,7 +573,7 @@ class Engine:
     ) -> Outgoing:
         turn.provider, turn.model = self.cloud.name, str(turn.body.get("model", ""))
         read = _Read(turn.body, turn.messages, LowerHeaders(), turn.controls, turn.session)
-        planned = self.cloud_payload(read, turn.lineage, request.body)
+        planned = self.cloud_payload(read, lambda: turn.lineage, request.body)
         if isinstance(planned, Blocked):
             self.store.audit_append(
                 conv.id,
@@ -609,6 +643,9 @@ class Engine:
         After the response, and best effort: a sighting that is lost only means the same history is
         vetted again next time.
         """
+        protect = self.config.locality.protect_client_context
+        if not self.ledger.index.holds_local and not protect:
+            return
         records = cloud_sightings(
             turn.body,
             turn.messages,
@@ -847,7 +884,7 @@ class Engine:
             or self._load(read.session).state == "local"
         ):
             return self._estimate_tokens(body)
-        planned = self.cloud_payload(read, self._walk(read), request.body)
+        planned = self.cloud_payload(read, functools.partial(self._walk, read), request.body)
         if isinstance(planned, Blocked):
             return self._estimate_tokens(body)
         payload, _ = planned

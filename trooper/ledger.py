@@ -42,6 +42,7 @@ from trooper.lineage import (
     strong,
     text_identity,
     tool_key,
+    tool_key_of,
     tool_result_id,
     tool_use_id,
 )
@@ -52,8 +53,10 @@ from trooper.spans import (
     fingerprints_of,
     folded_fingerprints,
     local_fingerprints,
+    member,
     pack,
     query_fingerprints,
+    sorted_fingerprints,
     unpack,
 )
 from trooper.text import (
@@ -74,13 +77,16 @@ Origin = Literal["forced", "fallback"]
 Scope = Literal["produced", "received"]
 RecordKind = Literal[
     "prompt",
+    "prompt.session",
     "reply",
+    "reply.session",
     "tool",
     "span.produced",
     "span.received",
     "blob.produced",
     "blob.received",
     "context",
+    "context.session",
     "seen",
     "seen.reply",
     "seen.context",
@@ -91,9 +97,6 @@ WITHHELD_RESULT: Final = "[content withheld by Trooper: a local model handled it
 REDACTED: Final = "[redacted by Trooper: this text matches content handled locally]"
 OPENING: Final = "[earlier turns withheld by Trooper]"
 
-_LOCAL_KINDS: Final = frozenset(
-    {"prompt", "reply", "tool", "span.produced", "span.received", "blob.produced", "blob.received", "context"}
-)
 _SPAN_KINDS: Final = {"span.produced": "produced", "span.received": "received"}
 
 
@@ -182,16 +185,23 @@ class LedgerIndex:
     def _has(self, kind: str, value: int) -> bool:
         return value in self._strict[kind] or (not self.share_fallback and value in self._shared[kind])
 
+    def _positional(self, kind: str, value: int, session: str) -> bool:
+        """A key recorded for every session, or (for a short lineage) for this one."""
+        if self._has(kind, value):
+            return True
+        bound = f"{kind}.session"
+        return bool(self._strict[bound] or self._shared[bound]) and self._has(bound, scoped(value, session))
+
     # --- what the walk asks (trooper.lineage.Provenance)
 
     def local_reply(self, value: int, session: str) -> bool:
-        return self._has("reply", value) or self._has("reply", scoped(value, session))
+        return self._positional("reply", value, session)
 
     def local_prompt(self, value: int, session: str) -> bool:
-        return self._has("prompt", value) or self._has("prompt", scoped(value, session))
+        return self._positional("prompt", value, session)
 
     def local_tool(self, tool_use_id: str) -> bool:
-        return self._has("tool", tool_key(tool_use_id))
+        return self._has("tool", tool_key_of(tool_use_id))
 
     def seen(self, value: int) -> bool:
         return value in self._seen["seen"]
@@ -199,14 +209,18 @@ class LedgerIndex:
     def seen_reply(self, value: int) -> bool:
         return value in self._seen["seen.reply"]
 
+    @property
+    def sightings(self) -> bool:
+        return bool(self._seen["seen"] or self._seen["seen.reply"])
+
     # --- what the filter and the engine ask
 
     def tool_origin(self, tool_use_id: str) -> str | None:
         """``forced``/``fallback`` for a local tool call (shareable or not: a loop keeps its route)."""
-        return self._tool_origins.get(tool_key(tool_use_id))
+        return self._tool_origins.get(tool_key_of(tool_use_id))
 
     def local_context(self, value: int, session: str) -> bool:
-        return self._has("context", value) or self._has("context", scoped(value, session))
+        return self._positional("context", value, session)
 
     def seen_context(self, value: int) -> bool:
         return value in self._seen["seen.context"]
@@ -263,8 +277,11 @@ class _Collector:
         self.keys: dict[RecordKind, set[int]] = collections.defaultdict(set)
         self.spans: dict[Scope, list[U64]] = collections.defaultdict(list)
 
-    def key(self, kind: RecordKind, value: int, *, bound: bool) -> None:
-        self.keys[kind].add(scoped(value, self.session) if bound else value)
+    def key(self, kind: Literal["prompt", "reply", "context"], value: int, *, bound: bool) -> None:
+        if bound:
+            self.keys[f"{kind}.session"].add(scoped(value, self.session))  # type: ignore[index]
+        else:
+            self.keys[kind].add(value)
 
     def content(self, block: Any, scope: Scope, marker: str | None = None) -> None:
         for text in _content_texts(block, marker):
@@ -286,20 +303,16 @@ class _Collector:
         return LedgerRecord.of(kind, values, session=self.session, origin=self.origin, shareable=self.shareable)
 
 
-def cloud_visible(
-    messages: Sequence[Mapping[str, Any]], lineage: Lineage, *, seen_only: bool = False
-) -> tuple[U64, set[int]]:
-    """Span fingerprints and blobs of what the cloud has of a request.
+def cloud_visible(messages: Sequence[Mapping[str, Any]], lineage: Lineage) -> tuple[U64, set[int]]:
+    """Span fingerprints and blobs of what the cloud has of a request: its non-local history.
 
-    By default that is its non-local history: content a local turn shares with it is not the local
-    turn's to protect — the cloud said it, or received it in a cloud turn — so it is left out of
-    what the turn records. With ``seen_only``, only messages the cloud is known to have received:
-    a match there is no new disclosure, whatever the ledger says.
+    Content a local turn shares with it is not the local turn's to protect — the cloud said it, or
+    received it in a cloud turn — so it is left out of what the turn records.
     """
     texts: list[str] = []
     blobs: set[int] = set()
     for step in lineage.steps:
-        if step.cls == "local" or (step.cls != "seen" if seen_only else step.index >= lineage.new_start):
+        if step.cls == "local" or step.index >= lineage.new_start:
             continue
         for number, block in enumerate(content_blocks(messages[step.index])):
             if number in step.local_blocks:
@@ -537,18 +550,39 @@ NO_SYSTEM: Final = object()
 
 
 class _Scan:
-    """Content matching over a request, with the cloud's own content as the exemption."""
+    """Content matching over a request, with what the cloud already has as the exemption."""
 
     def __init__(self, index: LedgerIndex, messages: Sequence[Mapping[str, Any]], lineage: Lineage) -> None:
         self.index = index
         self.messages = messages
         self.lineage = lineage
-        self._base: tuple[U64, set[int]] | None = None
+        self._seen: list[Any] | None = None
 
-    def base(self) -> tuple[U64, set[int]]:
-        if self._base is None:
-            self._base = cloud_visible(self.messages, self.lineage, seen_only=True)
-        return self._base
+    def _seen_blocks(self) -> list[Any]:
+        """The blocks of the messages the cloud is known to have received (computed when first needed)."""
+        if self._seen is None:
+            self._seen = [
+                block
+                for step in self.lineage.steps
+                if step.cls == "seen"
+                for number, block in enumerate(content_blocks(self.messages[step.index]))
+                if number not in step.local_blocks
+            ]
+        return self._seen
+
+    def _cloud_has(self, hits: U64) -> bool:
+        """Whether every matched fingerprint also occurs in what the cloud has received: then sending it
+        again discloses nothing. Looks only for the few matched values, text by text, and stops as soon
+        as all are found — matches are rare, and most requests never get here."""
+        missing = np.unique(hits)
+        for block in reversed(self._seen_blocks()):  # what overlaps new content is mostly recent
+            for text in block_texts(block):
+                if len(text) < 16:
+                    continue
+                missing = missing[~member(sorted_fingerprints(strip_reminders(text)), missing)]
+                if not len(missing):
+                    return True
+        return False
 
     def texts_hit(self, texts: Iterable[str], scope: Scope | None) -> bool:
         parts = [query_fingerprints(text) for text in texts if len(text) >= 16]
@@ -556,16 +590,14 @@ class _Scan:
             return False
         values = np.concatenate(parts)
         hits = values[self.index.span_hits(values, scope)]
-        if not len(hits):
-            return False
-        base, _ = self.base()
-        return bool((~np.isin(hits, base)).any())
+        return bool(len(hits)) and not self._cloud_has(hits)
 
     def block_hit(self, block: Any, scope: Scope | None) -> bool:
-        blobs = [blob_value(digest) for digest in block_blobs(block)]
-        if blobs and any(self.index.blob_hit(value, scope) for value in blobs):
-            _, base_blobs = self.base()
-            if any(self.index.blob_hit(value, scope) and value not in base_blobs for value in blobs):
+        blobs = {blob_value(digest) for digest in block_blobs(block)}
+        matched = {value for value in blobs if self.index.blob_hit(value, scope)}
+        if matched:
+            seen = {blob_value(digest) for seen in self._seen_blocks() for digest in block_blobs(seen)}
+            if matched - seen:
                 return True
         return self.texts_hit((strip_reminders(text) for text in block_texts(block)), scope)
 

@@ -29,7 +29,6 @@ the session that recorded them (:func:`scoped`); longer lineages are unique enou
 from __future__ import annotations
 
 import hashlib
-import struct
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final, Literal, Protocol
 
@@ -54,16 +53,32 @@ DISTINCT_PREFIX: Final = 64
 Class = Literal["local", "seen", "unseen", "new"]
 
 
+_MASK: Final = (1 << 64) - 1
+
+
+def _text_value(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+#: Identities recur on every request of a conversation: their digests are remembered.
+_text_values = Memo(_text_value, budget=4 << 20, weigh=len)
+
+
 def key(*parts: int | str) -> int:
-    """A 64-bit key over typed parts (ints are chain keys, strings are tags or identities)."""
-    digest = hashlib.blake2b(digest_size=8)
+    """A 64-bit key over parts (ints are keys already, strings are tags or identities), in order.
+
+    Strings are digested once (blake2b) and remembered; the parts are then chained with the
+    splitmix64 finaliser, a bijection, so a walk through a long history costs a few integer
+    operations per message rather than a cryptographic hash each. Keys need to be stable across
+    processes and unlikely to collide, not secret.
+    """
+    value = 0x6A09E667F3BCC908
     for part in parts:
-        if isinstance(part, int):
-            digest.update(b"\x01" + struct.pack("<Q", part))
-        else:
-            data = part.encode("utf-8", "surrogatepass")
-            digest.update(b"\x02" + struct.pack("<I", len(data)) + data)
-    return int.from_bytes(digest.digest(), "little")
+        value = (value + (part if isinstance(part, int) else _text_values(part)) + 0x9E3779B97F4A7C15) & _MASK
+        value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+        value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK
+        value ^= value >> 31
+    return value
 
 
 ROOT: Final = key("trooper-lineage-v1")
@@ -97,6 +112,9 @@ def context_key(anchor: int, tag: str, text_identity: str) -> int:
 def tool_key(tool_use_id: str) -> int:
     """The key of a tool call id (ids are unique: no position needed)."""
     return key("T", tool_use_id)
+
+
+_tool_keys = Memo(tool_key, budget=1 << 20, weigh=len)
 
 
 _TOOL_USE_TYPES: Final = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
@@ -155,24 +173,51 @@ def message_identity(blocks: Sequence[Any]) -> tuple[str, int]:
     Consecutive text blocks are joined first, so a client that splits or merges text blocks does
     not change the message.
     """
-    parts: list[str] = []
+    return _identity_of([block_identity(block) for block in blocks])
+
+
+def _identity_of(parts: Sequence[str | None]) -> tuple[str, int]:
+    joined: list[str] = []
     text = ""
     weight = 0
-    for block in blocks:
-        part = block_identity(block)
+    for part in parts:
         if part is None:
             continue
         if part.startswith("\x00"):
             if text:
-                parts.append(text)
+                joined.append(text)
                 text = ""
-            parts.append(part)
+            joined.append(part)
         else:
             text += part
             weight += len(part)
     if text:
-        parts.append(text)
-    return "\x00\x00".join(parts), weight
+        joined.append(text)
+    return "\x00\x00".join(joined), weight
+
+
+@attrs.frozen
+class _Keys:
+    """Every key of one message at one point of a lineage (see :func:`_keys_of`)."""
+
+    reply: int
+    after_local: int
+    seen: int
+    after: int
+
+
+def _keys(place: tuple[int, str, str]) -> _Keys:
+    before, tag, ident = place
+    reply = reply_key(before)
+    return _Keys(reply, key(reply, "L"), seen_key(before, ident), key(before, tag, ident))
+
+
+#: A conversation's history comes back with every request: the keys of each message at its place
+#: are remembered, so a walk costs a dictionary lookup per message instead of a few hashes.
+_keys_of = Memo(_keys, budget=8 << 20, weigh=lambda place: len(place[2]))
+_prompt_keys: Memo[tuple[int, str], int] = Memo(
+    lambda place: prompt_key(*place), budget=4 << 20, weigh=lambda place: len(place[1])
+)
 
 
 class Provenance(Protocol):
@@ -187,6 +232,11 @@ class Provenance(Protocol):
     def seen(self, value: int) -> bool: ...
 
     def seen_reply(self, value: int) -> bool: ...
+
+    @property
+    def sightings(self) -> bool:
+        """Whether the cloud was ever recorded receiving anything (if not, nothing is ``seen``)."""
+        ...
 
 
 @attrs.define
@@ -278,51 +328,55 @@ def walk(messages: Sequence[Mapping[str, Any]], index: Provenance, *, session: s
     marked = False
     first: int | None = None
     steps: list[Step] = []
+    sightings = index.sightings
     for position, message in enumerate(messages):
         role = str(message.get("role"))
         if role not in ("user", "assistant"):
             continue
         blocks = content_blocks(message)
-        ident, added = message_identity(blocks)
+        parts = [block_identity(block) for block in blocks]
+        ident, added = _identity_of(parts)
         weight += added
         before = chain
-        context = frozenset(number for number, block in enumerate(blocks) if context_only(block))
+        keys = _keys_of((before, "A" if role == "assistant" else "U", ident))
+        context = (
+            frozenset(number for number, block in enumerate(blocks) if context_only(block))
+            if role == "user"
+            else frozenset()
+        )
         local: set[int] = set()
         cls: Class
         if role == "assistant":
-            if index.local_reply(reply_key(before), session):
+            if index.local_reply(keys.reply, session):
                 local = set(range(len(blocks)))
                 cls = "local"
-                chain = key(reply_key(before), "L")
+                chain = keys.after_local
             else:
-                local = {n for n, block in enumerate(blocks) if _local_tool_block(block, index)}
-                cls = "seen" if index.seen_reply(reply_key(before)) or index.seen(seen_key(before, ident)) else "unseen"
-                chain = key(before, "A", ident)
+                local = {n for n, part in enumerate(parts) if _local_tool_part(part, index)}
+                seen = sightings and (index.seen_reply(keys.reply) or index.seen(keys.seen))
+                cls = "seen" if seen else "unseen"
+                chain = keys.after
         else:
             counted = 0
-            for number, block in enumerate(blocks):
-                if number in context:
-                    continue
-                part = block_identity(block)
-                if part is None:
+            for number, (block, part) in enumerate(zip(blocks, parts, strict=True)):
+                if number in context or part is None:
                     continue
                 counted += 1
                 # In the new message only a text block is recognised by position: that is a local
                 # prompt re-sent merged with the next one (Claude Code after an interrupt). An image or
                 # a document there is new content, for the egress guard to judge.
                 by_position = position < new_start or block_type(block) in ("text", None)
-                if _local_tool_block(block, index) or (
-                    by_position and index.local_prompt(prompt_key(before, part), session)
+                if _local_tool_part(part, index) or (
+                    by_position and index.local_prompt(_prompt_keys((before, part)), session)
                 ):
                     local.add(number)
                     if isinstance(block, Mapping) and block.get("type") == "text":
                         marked = marked or _starts_with(str(block.get("text", "")), marker)
-            cls = (
-                "local"
-                if counted and len(local) == counted
-                else ("seen" if index.seen(seen_key(before, ident)) else "unseen")
-            )
-            chain = key(before, "U", ident)
+            if counted and len(local) == counted:
+                cls = "local"
+            else:
+                cls = "seen" if sightings and index.seen(keys.seen) else "unseen"
+            chain = keys.after
         if cls != "local" and position >= new_start:
             cls = "new"
         steps.append(Step(position, role, before, chain, weight, ident, cls, frozenset(local), context, marked))
@@ -331,9 +385,14 @@ def walk(messages: Sequence[Mapping[str, Any]], index: Provenance, *, session: s
     return Lineage(tuple(steps), chain, weight, marked, new_start, first if first is not None else ROOT)
 
 
-def _local_tool_block(block: Any, index: Provenance) -> bool:
-    ref = tool_use_id(block) or tool_result_id(block)
-    return ref is not None and index.local_tool(ref)
+def _local_tool_part(part: str | None, index: Provenance) -> bool:
+    """Whether a block identity (see :func:`block_identity`) is a local tool call or its result."""
+    return part is not None and part[:2] in ("\x00u", "\x00r") and index.local_tool(part[2:])
+
+
+def tool_key_of(tool_use_id: str) -> int:
+    """:func:`tool_key`, remembered (the same ids come back with every request of a tool loop)."""
+    return _tool_keys(tool_use_id)
 
 
 def strong(weight: int, marked: bool) -> bool:

@@ -192,6 +192,11 @@ def _vocabulary() -> frozenset[str]:
     return frozenset(words)
 
 
+def warm_up() -> None:
+    """Load the vocabulary ahead of the first local turn that needs it."""
+    _vocabulary()
+
+
 def _identifier(token: str) -> bool:
     token = token.strip(".,:;-+")
     if len(token) < 4:
@@ -282,6 +287,16 @@ def _query_fingerprints(text: str) -> U64:
 query_fingerprints = Memo(_query_fingerprints, budget=1 << 20, weigh=len)
 
 
+def _sorted_fingerprints(text: str) -> U64:
+    result = np.unique(query_fingerprints(text))
+    result.setflags(write=False)
+    return result
+
+
+#: :func:`query_fingerprints`, sorted and deduplicated, for membership tests against a text.
+sorted_fingerprints = Memo(_sorted_fingerprints, budget=1 << 20, weigh=len)
+
+
 def fingerprints_of(texts: Iterable[str]) -> U64:
     """Every span fingerprint of several texts, as one sorted array (what the cloud already has)."""
     parts = [query_fingerprints(text) for text in texts if text]
@@ -311,7 +326,7 @@ class FingerprintSet:
             return
         fresh = np.setdiff1d(values, self._recent, assume_unique=False)
         if len(self._main) and len(fresh):
-            fresh = fresh[~_member(self._main, fresh)]
+            fresh = fresh[~member(self._main, fresh)]
         if not len(fresh):
             return
         self._recent = np.union1d(self._recent, fresh)
@@ -324,16 +339,17 @@ class FingerprintSet:
         """A mask over ``values``: which of them are in the set."""
         if not len(values):
             return np.zeros(0, dtype=np.bool_)
-        found = _member(self._main, values)
+        found = member(self._main, values)
         if len(self._recent):
-            found |= _member(self._recent, values)
+            found |= member(self._recent, values)
         return found
 
     def values(self) -> U64:
         return np.union1d(self._main, self._recent)
 
 
-def _member(sorted_values: U64, values: U64) -> npt.NDArray[np.bool_]:
+def member(sorted_values: U64, values: U64) -> npt.NDArray[np.bool_]:
+    """A mask over ``values``: which of them are in ``sorted_values`` (sorted, unique)."""
     if not len(sorted_values):
         return np.zeros(len(values), dtype=np.bool_)
     where = np.searchsorted(sorted_values, values)
@@ -364,7 +380,10 @@ __all__ = [
     "fingerprints_of",
     "folded_fingerprints",
     "local_fingerprints",
+    "member",
     "pack",
     "query_fingerprints",
+    "sorted_fingerprints",
     "unpack",
+    "warm_up",
 ]
