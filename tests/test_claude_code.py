@@ -13,9 +13,12 @@ points at a loopback socket that must see no connection by the end.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,5 +179,54 @@ def test_claude_code_keeps_working_when_the_quota_is_gone(
     assert "answered locally while the quota is out" in done.stdout
     assert len(fake_cloud.requests) == 1  # Trooper answered; Claude Code had nothing to retry
     assert trooper.store.audit(trooper.store.list_conversations()[0]["id"])[0]["event"] == "quota_hit"
+    with pytest.raises(BlockingIOError):
+        dead_proxy.accept()
+
+
+def test_claude_code_interrupted_local_answer_then_continue(
+    claude: Path,
+    trooper: Harness,
+    fake_cloud: FakeAnthropic,
+    *,
+    fake_local: FakeOllama,
+    dead_proxy: socket.socket,
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C while a ``::local`` answer streams: Claude Code keeps the partial answer and notes the
+    interruption; ``--continue`` re-sends both. The partial never reaches the cloud, and the next cloud
+    turn is answered, not refused."""
+    env, work = _environment(trooper, dead_proxy, tmp_path)
+    words = [f"CANARY-W{i}-{uuid.uuid4().hex[:8]}" for i in range(40)]
+    fake_local.enqueue(local_script.Reply(text=" ".join(words), delay=0.15))
+    running = subprocess.Popen(
+        [str(claude), "-p", "::local tell me the long secret story"],
+        env=env,
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not fake_local.chat_requests() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)  # a few words have streamed
+    running.send_signal(signal.SIGINT)
+    running.communicate(timeout=60)
+    transcripts = list((Path(env["HOME"]) / ".claude" / "projects").glob("*/*.jsonl"))
+    kept = [json.loads(line) for path in transcripts for line in path.read_text().splitlines()]
+    partial = " ".join(
+        str(entry["message"]["content"]) for entry in kept if entry.get("type") == "assistant" and "message" in entry
+    )
+    received = [word for word in words if word in partial]
+    assert received and len(received) < len(words), "the answer was not cut mid-stream"
+    assert "[Request interrupted by user]" in " ".join(str(entry.get("message")) for entry in kept)
+
+    fake_cloud.enqueue(script.text("cloud answer after the interruption"))
+    resumed = _run(claude, env, work, "-p", "--continue", "now answer in the cloud")
+    assert "cloud answer after the interruption" in resumed.stdout
+    sent = fake_cloud.received_bytes()
+    assert b"now answer in the cloud" in sent
+    for word in words:
+        assert word.encode() not in sent, f"{word} of the interrupted local answer reached the cloud"
     with pytest.raises(BlockingIOError):
         dead_proxy.accept()
