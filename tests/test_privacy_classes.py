@@ -592,3 +592,27 @@ def test_a_quota_error_mid_cloud_loop_keeps_the_clouds_own_content(make: Make) -
     assert recovered.headers["x-trooper-route"] == "cloud"
     sent = sent_messages(cloud)
     assert sent[0] == history[0] and sent[1] == history[1]  # its prompt and its own tool call
+
+
+def test_a_local_prompt_split_or_merged_into_other_blocks_stays_local(make: Make) -> None:
+    """Provenance holds for the message as a whole, not only block by block (found by the machine)."""
+    trooper = make()
+    cloud, local = fakes(trooper)
+    client = trooper.client(default_headers={"X-Trooper-Session": "split"})
+    prompt, answer = "table family letter market paper", "animal green pocket letter little"  # everyday words
+    local.enqueue(local_script.Reply(text=answer))
+    history: Messages = [{"role": "user", "content": [{"type": "text", "text": f"local question {prompt}"}]}]
+    reply = client.messages.create(model=MODEL, max_tokens=16, messages=history, extra_body={"x_force_local": True})
+    history.append(dump(reply))
+    split = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "loc"}, {"type": "text", "text": f"al question {prompt}"}],
+        }
+    ]
+    merged = [{"role": "user", "content": f"local question {prompt}"}]
+    for opening in (split, merged):
+        resent = [*opening, history[1], {"role": "user", "content": "what now?"}]
+        client.messages.count_tokens(model=MODEL, messages=resent)
+        client.messages.create(model=MODEL, max_tokens=16, messages=resent)
+    assert leaked(cloud, [prompt, answer]) == []

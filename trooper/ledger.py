@@ -31,6 +31,7 @@ import attrs
 import numpy as np
 
 from trooper.lineage import (
+    MESSAGE,
     Lineage,
     Step,
     context_items,
@@ -356,13 +357,16 @@ def record_local_turn(
                 collect.content(block, "produced")
                 _collect_tool(collect, block)
             continue
+        # A message the cloud has already received at this very position (in a cloud turn of this
+        # or of an identical conversation) is not this turn's to protect.
+        unseen = not index.seen(seen_key(step.before, step.identity))
+        if unseen and step.identity:
+            collect.key("prompt", prompt_key(step.before, MESSAGE + step.identity), bound=bound)
         for number, block in enumerate(blocks):
             if number in step.context_blocks:
                 continue
             part = _identity_of(block)
-            if part is not None and not index.seen(seen_key(step.before, step.identity)):
-                # A message the cloud has already received at this very position (in a cloud turn of
-                # this or of an identical conversation) is not this turn's to protect.
+            if part is not None and unseen:
                 collect.key("prompt", prompt_key(step.before, part), bound=bound)
             collect.content(block, _scope_of(block), marker)
     bound = not strong(lineage.end_weight, marked or lineage.end_marked)

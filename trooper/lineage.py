@@ -8,9 +8,10 @@ each derived from the previous key and the message's identity (its folded text w
 its tool-call ids; never the session id, so the chain survives new sessions, restarts and other
 instances).
 
-* A **user message** is identified by its content: a user re-sends what they typed, so each of its
-  blocks is keyed by (chain before it, block identity). A local prompt block is recognised wherever
-  it is re-sent at that position, also when a client merges it with the next prompt.
+* A **user message** is identified by its content: a user re-sends what they typed, so the message
+  and each of its blocks are keyed by (chain before it, identity). A local prompt is recognised
+  wherever it is re-sent at that position: whole, also when its text was split or merged into other
+  blocks, or block by block, also when a client merged it with the next prompt.
 * An **assistant message** is identified by its position alone: the key (chain before it) marks a
   local reply whatever the client re-sends there — a prefix, an edit, a re-formatting. After a local
   reply the chain continues from that position, not from the reply's content, so what follows is
@@ -51,6 +52,9 @@ from trooper.text import (
 DISTINCT_PREFIX: Final = 64
 
 Class = Literal["local", "seen", "unseen", "new"]
+
+#: Prefix of the identity under which a whole user message is recorded (beside its blocks).
+MESSAGE: Final = "\x00m"
 
 
 _MASK: Final = (1 << 64) - 1
@@ -358,6 +362,9 @@ def walk(messages: Sequence[Mapping[str, Any]], index: Provenance, *, session: s
                 chain = keys.after
         else:
             counted = 0
+            # The message as a whole stands where a local prompt stood (its text may have been split
+            # or merged into other blocks since), or, failing that, block by block.
+            whole = index.local_prompt(_prompt_keys((before, MESSAGE + ident)), session)
             for number, (block, part) in enumerate(zip(blocks, parts, strict=True)):
                 if number in context or part is None:
                     continue
@@ -366,8 +373,10 @@ def walk(messages: Sequence[Mapping[str, Any]], index: Provenance, *, session: s
                 # prompt re-sent merged with the next one (Claude Code after an interrupt). An image or
                 # a document there is new content, for the egress guard to judge.
                 by_position = position < new_start or block_type(block) in ("text", None)
-                if _local_tool_part(part, index) or (
-                    by_position and index.local_prompt(_prompt_keys((before, part)), session)
+                if (
+                    whole
+                    or _local_tool_part(part, index)
+                    or (by_position and index.local_prompt(_prompt_keys((before, part)), session))
                 ):
                     local.add(number)
                     if isinstance(block, Mapping) and block.get("type") == "text":
