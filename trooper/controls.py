@@ -26,10 +26,10 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from trooper.lineage import last_user_message
-from trooper.providers.base import header
-from trooper.text import after_leading_reminders, content_blocks, strip_reminders
-from trooper.wire import JSON, invalid_request
+from trooper.text import after_leading_reminders, strip_reminders
+from trooper.wire.errors import JSON, invalid_request
+from trooper.wire.messages import content_blocks, last_user_message
+from trooper.wire.request import header
 
 TROOPER_FIELDS: Final = frozenset({"x_force_local"})
 _TRUE: Final = ("1", "true", "yes", "on")

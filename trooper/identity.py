@@ -16,8 +16,8 @@ from typing import Any, Final
 
 import orjson
 
-from trooper.providers.base import header
-from trooper.wire import invalid_request
+from trooper.wire.errors import invalid_request
+from trooper.wire.request import header
 
 EXPLICIT_HEADERS: Final = ("x-trooper-session", "x-session-id")
 CLAUDE_CODE_HEADER: Final = "x-claude-code-session-id"

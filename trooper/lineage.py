@@ -40,13 +40,12 @@ from trooper.text import (
     after_leading_reminders,
     blob_digest,
     block_blobs,
-    block_type,
-    content_blocks,
     context_only,
     identity,
     reminders,
     strip_reminders,
 )
+from trooper.wire.messages import block_type, content_blocks, last_user_message, tool_result_id, tool_use_id
 
 #: Characters of message identity after which a lineage is unique enough to be trusted across sessions.
 DISTINCT_PREFIX: Final = 64
@@ -119,26 +118,6 @@ def tool_key(tool_use_id: str) -> int:
 
 
 _tool_keys = Memo(tool_key, budget=1 << 20, weigh=len)
-
-
-_TOOL_USE_TYPES: Final = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
-
-
-def tool_result_id(block: Any) -> str | None:
-    """The tool call a result block answers (``tool_result`` and the server tools' result blocks)."""
-    if isinstance(block, Mapping) and block.get("type") not in _TOOL_USE_TYPES:
-        ref = block.get("tool_use_id")
-        if isinstance(ref, str):
-            return ref
-    return None
-
-
-def tool_use_id(block: Any) -> str | None:
-    if isinstance(block, Mapping) and block.get("type") in _TOOL_USE_TYPES:
-        ref = block.get("id")
-        if isinstance(ref, str):
-            return ref
-    return None
 
 
 def _text_identity(text: str) -> str:
@@ -300,14 +279,6 @@ class Lineage:
         return self.end
 
 
-def last_user_message(messages: Sequence[Mapping[str, Any]]) -> int | None:
-    """Index of the last ``user`` message (an assistant prefill or a system note may follow it)."""
-    for index in range(len(messages) - 1, -1, -1):
-        if messages[index].get("role") == "user":
-            return index
-    return None
-
-
 def _starts_with(text: str, marker: str) -> bool:
     if not marker:
         return False
@@ -454,7 +425,6 @@ __all__ = [
     "context_items",
     "context_key",
     "key",
-    "last_user_message",
     "message_identity",
     "prompt_key",
     "reply_key",
@@ -463,7 +433,5 @@ __all__ = [
     "strong",
     "text_identity",
     "tool_key",
-    "tool_result_id",
-    "tool_use_id",
     "walk",
 ]

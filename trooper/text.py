@@ -246,20 +246,6 @@ def context_only(block: Any) -> bool:
     return REMINDER_OPEN in text and not strip_reminders(text).strip()
 
 
-def content_blocks(message: Mapping[str, Any]) -> list[Any]:
-    """A message's content as a list of blocks (a string is one text block)."""
-    content = message.get("content")
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    if isinstance(content, list):
-        return content
-    return []
-
-
-def block_type(block: Any) -> str | None:
-    return str(block.get("type")) if isinstance(block, Mapping) else None
-
-
 __all__ = [
     "REMINDER_CLOSE",
     "REMINDER_OPEN",
@@ -267,8 +253,6 @@ __all__ = [
     "blob_digest",
     "block_blobs",
     "block_texts",
-    "block_type",
-    "content_blocks",
     "context_only",
     "decoded_strings",
     "fold",

@@ -29,26 +29,9 @@ from trooper.providers.base import (
     Unreachable,
     UpstreamRequest,
     UpstreamResponse,
-    header,
 )
 from trooper.providers.transport import Transport, TransportKind, make_transport
-
-#: Headers a proxy must not forward (RFC 9110 §7.6.1) plus those the HTTP client recomputes.
-HOP_BY_HOP: frozenset[str] = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-connection",
-        "host",
-        "content-length",
-    }
-)
+from trooper.wire import HOP_BY_HOP, header
 
 #: Messages that mean "the account is out of money or quota" whatever the status says.
 _QUOTA_MESSAGES: tuple[str, ...] = (
@@ -98,6 +81,27 @@ class AnthropicProvider:
             idle_timeout=section.idle_timeout,
             transport=section.transport,
         )
+
+    async def probe(self, headers: Sequence[tuple[str, str]], model: str) -> None:
+        """A call that costs no tokens: ``count_tokens`` on a one-word prompt, with the caller's credentials.
+
+        Only the credential and ``anthropic-*`` headers are sent: the probe is Trooper's request, and
+        nothing else of the turn that triggered it belongs in it. Returns when the cloud answers
+        (even with a refusal of the probe itself); raises the typed error when it cannot serve.
+        """
+        body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "ping"}]})
+        kept = [
+            (k, v)
+            for k, v in headers
+            if k.lower() in ("x-api-key", "authorization") or k.lower().startswith("anthropic-")
+        ]
+        kept.append(("content-type", "application/json"))
+        try:
+            response = await self.send(UpstreamRequest("POST", "/v1/messages/count_tokens", "", kept, body))
+        except (AuthError, BadRequest):
+            return
+        await response.aread()
+        await response.aclose()
 
     def outgoing_headers(self, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         """The client's headers minus hop-by-hop ones; the configured key replaces the client's."""

@@ -15,7 +15,7 @@ Errors are typed (DESIGN §8): the engine maps them to state-machine events, and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
@@ -130,6 +130,11 @@ class CloudProvider(Protocol):
         """Send and return once headers arrived; raises :class:`Unreachable` when none do."""
         ...
 
+    async def probe(self, headers: Sequence[tuple[str, str]], model: str) -> None:
+        """The cheapest call that tells whether the cloud serves this credential again; raises the
+        typed error (:class:`QuotaExhausted`, :class:`Unreachable`…) when it does not."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -156,6 +161,8 @@ class LocalProvider(Protocol):
 
     name: str
     kind: Literal["local"]
+    #: The model this provider runs.
+    model: str
 
     def events(self, request: LocalRequest) -> AsyncIterator[JSON]:
         """Yield the full Anthropic event sequence (``message_start`` … ``message_stop``).
@@ -169,36 +176,11 @@ class LocalProvider(Protocol):
         """The model's context window, if the provider can tell (Ollama's ``/api/show``)."""
         ...
 
+    async def health(self) -> bool:
+        """Whether the local server answers at all."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
 Provider = CloudProvider | LocalProvider
-
-
-class LowerHeaders(dict[str, str]):
-    """Headers keyed by lowercased name, built once per request so each lookup is one dict access.
-
-    A request's headers are looked up half a dozen times (controls, session, credential); scanning
-    and lowercasing the whole list each time was most of what those lookups cost. As with
-    :func:`header`, the first value of a repeated header wins.
-    """
-
-    @classmethod
-    def of(cls, headers: Sequence[tuple[str, str]] | Mapping[str, str]) -> LowerHeaders:
-        items = headers.items() if isinstance(headers, Mapping) else headers
-        out = cls()
-        for key, value in items:
-            out.setdefault(key.lower(), value)
-        return out
-
-
-def header(headers: Sequence[tuple[str, str]] | Mapping[str, str], name: str) -> str | None:
-    """Case-insensitive header lookup over a list of pairs or a mapping."""
-    lowered = name.lower()
-    if isinstance(headers, LowerHeaders):
-        return headers.get(lowered)
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    for key, value in items:
-        if key.lower() == lowered:
-            return value
-    return None

@@ -698,10 +698,12 @@ class OllamaProvider:
         transport: httpx.AsyncBaseTransport | None = None,
         client: httpx.AsyncClient | None = None,
         name: str = "ollama",
+        model: str = "qwen3",
     ) -> None:
         """``client`` (used as given, not closed by :meth:`aclose`) or ``transport`` are test seams;
         by default the provider owns an httpx client over ``httpx_aiohttp.AiohttpTransport``."""
         self.name = name
+        self.model = model
         self.base_url = base_url.rstrip("/")
         self.connect_timeout = connect_timeout
         self.first_byte_timeout = first_byte_timeout
@@ -725,6 +727,7 @@ class OllamaProvider:
             first_byte_timeout=section.first_byte_timeout,
             idle_timeout=section.idle_timeout,
             keep_alive=section.keep_alive,
+            model=section.model,
         )
 
     # -- LocalProvider
