@@ -26,22 +26,21 @@ class Ledger:
         self.store = store
         self.index = LedgerIndex(share_fallback=share_fallback)
         self._cursor = 0
-        self.refresh()
 
-    def refresh(self) -> None:
+    async def refresh(self) -> None:
         """Pick up records other instances (or an earlier run) appended."""
         try:
-            records, self._cursor = self.store.ledger_since(self._cursor)
+            records, self._cursor = await self.store.ledger_since(self._cursor)
         except Exception as exc:  # any store failure means the ledger cannot be checked
             raise LedgerUnavailable(f"the ledger could not be read ({type(exc).__name__})") from exc
         self.index.add(records)
 
-    def append(self, records: Sequence[LedgerRecord]) -> None:
+    async def append(self, records: Sequence[LedgerRecord]) -> None:
         """Durably record, then index; nothing relies on a record the store has not accepted."""
         if not records:
             return
         try:
-            self.store.ledger_append(records)
+            await self.store.ledger_append(records)
         except Exception as exc:
             raise LedgerUnavailable(f"the ledger could not be written ({type(exc).__name__})") from exc
         self.index.add(records)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from trooper.store.base import LedgerEntry, SessionStore, StoreError
 from trooper.store.memory import MemoryStore
 from trooper.store.sqlite import SQLiteStore
+from trooper.store.sync import SyncStore
 
-__all__ = ["LedgerEntry", "MemoryStore", "SQLiteStore", "SessionStore", "StoreError", "open_store"]
+__all__ = ["LedgerEntry", "MemoryStore", "SQLiteStore", "SessionStore", "StoreError", "SyncStore", "open_store"]
 
 
 def open_store(path: str) -> SessionStore:

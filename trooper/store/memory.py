@@ -1,62 +1,88 @@
-"""An in-process store for tests and embedders that need no persistence."""
+"""An in-process store for tests and embedders that need no persistence.
+
+``trooper serve`` refuses it unless told the ledger may be lost on restart: everything here lives
+and dies with the process.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from trooper.ledger import LedgerRecord
+from trooper.store.base import Lease, ProcessLocks
 
 
 class MemoryStore:
-    """Dicts and lists behind a lock; same semantics as the SQLite store, minus durability."""
+    """Dicts and lists behind a lock; the same semantics as the SQLite store, minus durability."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._conversations: dict[str, tuple[dict[str, Any], float]] = {}
         self._ledger: list[LedgerRecord] = []
         self._audit: dict[str, list[dict[str, Any]]] = {}
+        self._health: dict[str, dict[str, Any]] = {}
+        self._claims: dict[str, float] = {}
+        self._locks = ProcessLocks()
 
-    def load_conversation(self, session: str) -> dict[str, Any] | None:
+    async def load_conversation(self, session: str) -> dict[str, Any] | None:
         with self._lock:
             found = self._conversations.get(session)
             return dict(found[0]) if found else None
 
-    def save_conversation(self, session: str, data: dict[str, Any], at: float) -> None:
-        with self._lock:
-            self._conversations[session] = (dict(data), at)
-
-    def list_conversations(self, limit: int = 100) -> list[dict[str, Any]]:
+    async def list_conversations(self, limit: int = 100) -> list[dict[str, Any]]:
         with self._lock:
             rows = sorted(self._conversations.values(), key=lambda item: item[1], reverse=True)
             return [{**data, "updated": at} for data, at in rows[:limit]]
 
-    def ledger_append(self, records: Sequence[LedgerRecord]) -> None:
+    async def ledger_append(self, records: Sequence[LedgerRecord]) -> None:
         with self._lock:
             self._ledger.extend(records)
 
-    def ledger_since(self, cursor: int) -> tuple[list[LedgerRecord], int]:
+    async def ledger_since(self, cursor: int) -> tuple[list[LedgerRecord], int]:
         with self._lock:
             return self._ledger[cursor:], len(self._ledger)
 
-    def audit_append(self, session: str, at: float, kind: str, data: dict[str, Any]) -> None:
-        with self._lock:
-            self._audit.setdefault(session, []).append({"at": at, "kind": kind, **data})
-
-    def write(
+    async def write(
         self, session: str, at: float, conversation: dict[str, Any] | None, audit: Sequence[tuple[str, dict[str, Any]]]
     ) -> None:
         with self._lock:
             if conversation is not None:
                 self._conversations[session] = (dict(conversation), at)
-            self._audit.setdefault(session, []).extend({"at": at, "kind": kind, **data} for kind, data in audit)
+            if audit:
+                self._audit.setdefault(session, []).extend({"at": at, "kind": kind, **data} for kind, data in audit)
 
-    def audit(self, session: str) -> list[dict[str, Any]]:
+    async def audit(self, session: str) -> list[dict[str, Any]]:
         with self._lock:
             return list(self._audit.get(session, []))
 
-    def prune(
+    async def health_get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._health.get(key)
+            return dict(found) if found is not None else None
+
+    async def health_set(self, key: str, data: dict[str, Any]) -> None:
+        with self._lock:
+            self._health[key] = dict(data)
+
+    async def claim(self, name: str, ttl: float) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if self._claims.get(name, 0.0) > now:
+                return False
+            self._claims[name] = now + ttl
+            return True
+
+    async def unclaim(self, name: str) -> None:
+        with self._lock:
+            self._claims.pop(name, None)
+
+    async def lock(self, session: str, ttl: float) -> Lease:
+        return await self._locks.lock(session, ttl)
+
+    async def prune(
         self, *, older_than: float | None, max_sessions: int | None, max_audit_per_session: int | None
     ) -> dict[str, int]:
         with self._lock:
@@ -75,5 +101,5 @@ class MemoryStore:
                         audit_removed += extra
             return {"sessions": len(doomed), "audit": audit_removed}
 
-    def close(self) -> None:
+    async def close(self) -> None:
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import orjson
 
 from trooper.ledger import LedgerRecord
-from trooper.store.base import StoreError
+from trooper.store.base import Lease, ProcessLocks, StoreError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -29,11 +30,19 @@ CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, session TEXT NOT NULL, at REAL NOT NULL,
     kind TEXT NOT NULL, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS audit_session ON audit(session, seq);
+CREATE TABLE IF NOT EXISTS health (key TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (name TEXT PRIMARY KEY, until REAL NOT NULL);
 """
 
 
 class SQLiteStore:
-    """SQLite behind a lock; one connection per store object (calls are short and synchronous)."""
+    """SQLite behind a lock; one connection per store object.
+
+    The calls are short and answer at once (a commit takes a fraction of a millisecond in WAL mode),
+    so they run on the event loop: handing each to a thread would cost more than it saves.
+    Conversation locks are this process's own; several processes on one file share the ledger,
+    the health and the probe's claim, but not the locks.
+    """
 
     def __init__(self, path: str | Path, *, durable: bool = False) -> None:
         self.path = Path(path)
@@ -44,6 +53,7 @@ class SQLiteStore:
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
         self._refuse_old_ledger()
+        self._locks = ProcessLocks()
 
     def _refuse_old_ledger(self) -> None:
         """A ledger in the earlier per-block format cannot be checked by this version: refuse the store
@@ -56,28 +66,19 @@ class SQLiteStore:
                 "cannot check; keep using that version with this store, or start this one on a new store"
             )
 
-    def load_conversation(self, session: str) -> dict[str, Any] | None:
+    async def load_conversation(self, session: str) -> dict[str, Any] | None:
         with self._lock:
             row = self._db.execute("SELECT data FROM conversations WHERE id = ?", (session,)).fetchone()
         return orjson.loads(row[0]) if row else None
 
-    def save_conversation(self, session: str, data: dict[str, Any], at: float) -> None:
-        blob = orjson.dumps(data)
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO conversations(id, data, updated) VALUES (?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET data = excluded.data, updated = excluded.updated",
-                (session, blob, at),
-            )
-
-    def list_conversations(self, limit: int = 100) -> list[dict[str, Any]]:
+    async def list_conversations(self, limit: int = 100) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT data, updated FROM conversations ORDER BY updated DESC LIMIT ?", (limit,)
             ).fetchall()
         return [{**orjson.loads(data), "updated": updated} for data, updated in rows]
 
-    def ledger_append(self, records: Sequence[LedgerRecord]) -> None:
+    async def ledger_append(self, records: Sequence[LedgerRecord]) -> None:
         if not records:
             return
         rows = [(r.kind, r.session, r.origin, int(r.shareable), r.values) for r in records]
@@ -93,7 +94,7 @@ class SQLiteStore:
                 raise
             self._db.execute("COMMIT")
 
-    def ledger_since(self, cursor: int) -> tuple[list[LedgerRecord], int]:
+    async def ledger_since(self, cursor: int) -> tuple[list[LedgerRecord], int]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT seq, kind, session, origin, shareable, fingerprints FROM ledger_log WHERE seq > ? ORDER BY seq",
@@ -107,14 +108,7 @@ class SQLiteStore:
         ]
         return records, int(rows[-1][0])
 
-    def audit_append(self, session: str, at: float, kind: str, data: dict[str, Any]) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO audit(session, at, kind, data) VALUES (?, ?, ?, ?)",
-                (session, at, kind, orjson.dumps(data)),
-            )
-
-    def write(
+    async def write(
         self, session: str, at: float, conversation: dict[str, Any] | None, audit: Sequence[tuple[str, dict[str, Any]]]
     ) -> None:
         blob = orjson.dumps(conversation) if conversation is not None else None
@@ -134,14 +128,14 @@ class SQLiteStore:
                 raise
             self._db.execute("COMMIT")
 
-    def audit(self, session: str) -> list[dict[str, Any]]:
+    async def audit(self, session: str) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT at, kind, data FROM audit WHERE session = ? ORDER BY seq", (session,)
             ).fetchall()
         return [{"at": at, "kind": kind, **orjson.loads(data)} for at, kind, data in rows]
 
-    def prune(
+    async def prune(
         self, *, older_than: float | None, max_sessions: int | None, max_audit_per_session: int | None
     ) -> dict[str, int]:
         with self._lock:
@@ -176,6 +170,46 @@ class SQLiteStore:
             self._db.execute("COMMIT")
         return {"sessions": len(doomed), "audit": removed}
 
-    def close(self) -> None:
+    async def health_get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT data FROM health WHERE key = ?", (key,)).fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    async def health_set(self, key: str, data: dict[str, Any]) -> None:
+        blob = orjson.dumps(data)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO health(key, data) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET data = excluded.data",
+                (key, blob),
+            )
+
+    async def claim(self, name: str, ttl: float) -> bool:
+        """Wall-clock leases, so processes sharing the file agree on them."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT until FROM claims WHERE name = ?", (name,)).fetchone()
+                taken = row is None or row[0] <= now
+                if taken:
+                    self._db.execute(
+                        "INSERT INTO claims(name, until) VALUES (?, ?) "
+                        "ON CONFLICT(name) DO UPDATE SET until = excluded.until",
+                        (name, now + ttl),
+                    )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return taken
+
+    async def unclaim(self, name: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM claims WHERE name = ?", (name,))
+
+    async def lock(self, session: str, ttl: float) -> Lease:
+        return await self._locks.lock(session, ttl)
+
+    async def close(self) -> None:
         with self._lock:
             self._db.close()
