@@ -156,9 +156,9 @@ def graph(fmt: str, directory: str | None, session: str | None, config_path: str
     conversation = None
     if session is not None:
         from trooper.conversation import conversation_from_dict
-        from trooper.store import open_store
+        from trooper.store import SyncStore, open_store
 
-        store = open_store(_config(config_path).store.path)
+        store = SyncStore(open_store(_config(config_path).store.path))
         data = store.load_conversation(session)
         store.close()
         if data is None:
@@ -168,11 +168,11 @@ def graph(fmt: str, directory: str | None, session: str | None, config_path: str
 
 
 def _open_store(config_path: str | None) -> Any:
-    from trooper.store import open_store
+    from trooper.store import SyncStore, open_store
 
     config = _config(config_path)
     try:
-        return open_store(config.store.path)
+        return SyncStore(open_store(config.store.path))
     except OSError as exc:
         _fail(f"cannot open the store at {config.store.path}: {exc}")
 

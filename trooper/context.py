@@ -10,17 +10,15 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import attrs
 
 from trooper.config import Config
-from trooper.controls import TROOPER_FIELDS, strip_controls
+from trooper.controls import TROOPER_FIELDS
 from trooper.memory import Budget, CalibratedEstimator, ExtractCache, compact
 from trooper.providers.base import LocalProvider, ProviderError
-
-if TYPE_CHECKING:
-    from trooper.engine import Turn
+from trooper.turn import LocalContext
 
 #: Used when neither the configuration nor the provider says how large the local context is.
 SAFE_DEFAULT_CONTEXT: Final = 8192
@@ -35,20 +33,6 @@ class _Calibration:
     estimator: CalibratedEstimator
     messages: int | None = None
     tokens: int = 0
-
-
-@attrs.frozen
-class MemoryResult:
-    """The local request's messages and what each memory layer cost."""
-
-    messages: list[dict[str, Any]]
-    layers: dict[str, int]
-    num_ctx: int
-    max_tokens: int | None
-
-    def header(self) -> str:
-        """``x-trooper-memory``: every layer's token count, e.g. ``anchor=812;sitrep=400;tail=2210``."""
-        return ";".join(f"{name}={value}" for name, value in self.layers.items())
 
 
 class Memory:
@@ -100,9 +84,9 @@ class Memory:
         except ProviderError:
             self.context_tokens = None
 
-    def compact(self, turn: Turn) -> MemoryResult:
-        """Anchor + SITREP + Tail for ``turn``, sized to the local model (pure, synchronous)."""
-        body = strip_controls(turn.body, turn.controls, self.config.locality.marker)
+    def compact(self, body: Mapping[str, Any], session: str) -> LocalContext:
+        """Anchor + SITREP + Tail for a request's body (controls already stripped), sized to the local
+        model (pure, synchronous)."""
         context = self.context_tokens or SAFE_DEFAULT_CONTEXT
         requested = body.get("max_tokens")
         reserved = min(int(requested), context // 4) if isinstance(requested, int) and requested > 0 else context // 4
@@ -111,10 +95,10 @@ class Memory:
             budget=Budget(context_tokens=context, reserved_output=reserved),
             system=body.get("system"),
             tools=body.get("tools"),
-            estimator=self.estimator_for(turn.session),
+            estimator=self.estimator_for(session),
             cache=self.cache,
         )
-        return MemoryResult(list(result.messages), dict(result.layers), result.num_ctx, reserved)
+        return LocalContext(list(result.messages), dict(result.layers), result.num_ctx, reserved)
 
     def estimate_request(self, body: Mapping[str, Any]) -> int:
         """A local estimate of a request's input tokens (for ``count_tokens`` when the cloud can't)."""

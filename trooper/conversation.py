@@ -16,8 +16,9 @@ from __future__ import annotations
 import enum
 import logging
 import sys
+import types
 from collections.abc import Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import attrs
 import cattrs
@@ -300,9 +301,23 @@ def can_fire(state: str, event: str) -> bool:
     return found is not None and state in found.transitions
 
 
-def route_of(state: str) -> str:
+def route_of(state: str) -> Literal["cloud", "local"]:
     """Where a turn starting in ``state`` runs: ``"local"`` for :data:`LOCAL_STATES`, else ``"cloud"``."""
     return "local" if state in LOCAL_STATES else "cloud"
+
+
+def destination_of(state: str, event: str, health: Health) -> str | None:
+    """Where ``event`` leads from ``state`` under ``health``, read from the table (None: not allowed).
+
+    The rows' own conditions decide, evaluated as the machine would, so that a caller can know a
+    transition's outcome — and so its reason — before firing it.
+    """
+    probe = types.SimpleNamespace(kwargs={"health": health})
+    for row in TRANSITIONS:
+        allowed = row["trigger"] == event and state in sources(row)
+        if allowed and all(condition(probe) for condition in row.get("conditions", ())):
+            return destination(row, state)
+    return None
 
 
 def fire(
@@ -393,6 +408,7 @@ __all__ = [
     "conversation_from_dict",
     "conversation_to_dict",
     "destination",
+    "destination_of",
     "edge_key",
     "fire",
     "route_of",

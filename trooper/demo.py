@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import attrs
 from rich.console import Console
@@ -117,6 +117,8 @@ class Outcome:
         return self.routes_as_expected and not self.leaked
 
 
+T = TypeVar("T")
+
 # ------------------------------------------------------------------------------------------- stack
 
 
@@ -133,11 +135,15 @@ class Stack:
     def url(self) -> str:
         return self.trooper.url
 
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on Trooper's event loop (its store and engine belong to it)."""
+        loop = self.trooper.loop
+        assert loop is not None and not loop.is_closed(), "Trooper is not running"
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(10)
+
     def settle(self) -> None:
         """Let Trooper finish the bookkeeping (audit, state) of the responses it already sent."""
-        loop = self.trooper.loop
-        if loop is not None and not loop.is_closed():
-            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(5)
+        self.run(self.engine.settle())
 
 
 def demo_config(cloud_url: str, local_url: str) -> Config:
@@ -236,14 +242,14 @@ def play(stack: Stack, console: Console) -> Outcome:
     stack.settle()
     received = stack.cloud.received_bytes()
     leaked = tuple(canary for canary in CANARIES if canary.encode() in received)
-    return Outcome(tuple(played), leaked, len(received), _graph(stack), stack.engine.store.audit(SESSION))
+    return Outcome(tuple(played), leaked, len(received), _graph(stack), stack.run(stack.engine.store.audit(SESSION)))
 
 
 def _graph(stack: Stack) -> str:
     from trooper.conversation import conversation_from_dict
     from trooper.graph import render
 
-    data = stack.engine.store.load_conversation(SESSION)
+    data = stack.run(stack.engine.store.load_conversation(SESSION))
     return render("mermaid", conversation_from_dict(data) if data is not None else None)
 
 

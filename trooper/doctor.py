@@ -26,7 +26,7 @@ class Check:
 
 async def diagnose(config: Config, *, seconds: float = 5.0) -> list[Check]:
     """Every check ``trooper doctor`` shows: configuration, store, cloud, local provider, local model."""
-    checks = [Check("configuration", True, "valid"), _store(config)]
+    checks = [Check("configuration", True, "valid"), await _store(config)]
     checks.extend(await upstream_checks(config, seconds=seconds))
     return checks
 
@@ -41,13 +41,13 @@ async def upstream_checks(config: Config, *, seconds: float = 5.0) -> list[Check
     return [cloud, *local]
 
 
-def _store(config: Config) -> Check:
+async def _store(config: Config) -> Check:
     from trooper.store import open_store
 
     try:
         store = open_store(config.store.path)
-        count = len(store.list_conversations(100_000))
-        store.close()
+        count = len(await store.list_conversations(100_000))
+        await store.close()
     except Exception as exc:  # any failure to open the store is the finding
         return Check("store", False, f"{config.store.path}: {exc}")
     return Check("store", True, f"{config.store.path} ({count} conversations)")

@@ -44,8 +44,6 @@ from trooper.lineage import (
     text_identity,
     tool_key,
     tool_key_of,
-    tool_result_id,
-    tool_use_id,
 )
 from trooper.spans import (
     U64,
@@ -63,8 +61,6 @@ from trooper.spans import (
 from trooper.text import (
     block_blobs,
     block_texts,
-    block_type,
-    content_blocks,
     context_only,
     fold,
     fold_uncached,
@@ -72,6 +68,7 @@ from trooper.text import (
     reminders,
     strip_reminders,
 )
+from trooper.wire.messages import block_type, content_blocks, tool_result_id, tool_use_id
 
 JSON = dict[str, Any]
 Origin = Literal["forced", "fallback"]

@@ -26,8 +26,8 @@ from starlette.routing import Route
 
 from trooper import __version__
 from trooper.config import Config
-from trooper.engine import Engine, Incoming, Outgoing
-from trooper.wire import TrooperError, error_body
+from trooper.engine import Engine
+from trooper.wire import Incoming, Outgoing, TrooperError, error_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -109,7 +109,7 @@ class TrooperApp:
         """Retention: prune at start-up, then every ``retention.interval_seconds``."""
         while True:
             try:
-                engine.prune()
+                await engine.admin.prune()
             except Exception:
                 log.exception("prune_failed")
             await asyncio.sleep(self.config.retention.interval_seconds)
@@ -206,22 +206,22 @@ class TrooperApp:
         return JSONResponse({"status": "ok", "service": "trooper", "version": __version__})
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse(await self._engine().health_report())
+        return JSONResponse(await self._engine().admin.health_report())
 
     async def sessions(self, request: Request) -> Response:
         limit = _int_param(request, "limit", 100)
-        return JSONResponse({"data": self._engine().list_sessions(limit)})
+        return JSONResponse({"data": await self._engine().admin.list_sessions(limit)})
 
     async def session(self, request: Request) -> Response:
-        found = self._engine().session_report(request.path_params["session"])
+        found = await self._engine().admin.session_report(request.path_params["session"])
         if found is None:
             return _not_found(request.path_params["session"])
         return JSONResponse(found)
 
     async def audit(self, request: Request) -> Response:
         session = request.path_params["session"]
-        records = self._engine().store.audit(session)
-        if not records and self._engine().store.load_conversation(session) is None:
+        records = await self._engine().admin.session_audit(session)
+        if records is None:
             return _not_found(session)
         return JSONResponse({"data": records})
 
@@ -231,7 +231,9 @@ class TrooperApp:
             return JSONResponse(
                 orjson.loads(error_body("invalid_request_error", "format: must be 'mermaid' or 'dot'")), status_code=400
             )
-        text = self._engine().session_graph(request.path_params["session"], "dot" if fmt == "dot" else "mermaid")
+        text = await self._engine().admin.session_graph(
+            request.path_params["session"], "dot" if fmt == "dot" else "mermaid"
+        )
         if text is None:
             return _not_found(request.path_params["session"])
         return PlainTextResponse(text, media_type="text/vnd.graphviz" if fmt == "dot" else "text/plain")

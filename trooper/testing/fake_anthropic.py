@@ -32,6 +32,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -676,7 +677,7 @@ class _Playback(Response):
     never holds up :meth:`FakeAnthropic.stop`.
     """
 
-    def __init__(self, plan: _Plan, stopping: asyncio.Event) -> None:
+    def __init__(self, plan: _Plan, stopping: threading.Event) -> None:
         super().__init__(status_code=plan.status)
         self.plan = plan
         self.stopping = stopping
@@ -720,7 +721,11 @@ class _Playback(Response):
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        waiters = {asyncio.ensure_future(client_gone()), asyncio.ensure_future(self.stopping.wait())}
+        async def stopping() -> None:  # a thread-safe flag: the fake may be driven from any event loop
+            while not self.stopping.is_set():  # noqa: ASYNC110 - a thread-safe flag cannot be awaited
+                await asyncio.sleep(0.02)
+
+        waiters = {asyncio.ensure_future(client_gone()), asyncio.ensure_future(stopping())}
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             halt.set()
@@ -829,7 +834,7 @@ class FakeAnthropic(RequestLog):
         self._scripts: deque[Script] = deque()
         self._count_scripts: deque[CountScript] = deque()
         self._server: LoopbackServer | None = None
-        self._stopping = asyncio.Event()
+        self._stopping = threading.Event()
         self.app: ASGIApp = _Recorder(self._starlette(), self._keep)
 
     # ------------------------------------------------------------------------------------- lifecycle
@@ -844,7 +849,7 @@ class FakeAnthropic(RequestLog):
     def start(self) -> FakeAnthropic:
         if self._server is not None:
             raise RuntimeError("FakeAnthropic is already started")
-        self._stopping = asyncio.Event()
+        self._stopping.clear()
         self._server = LoopbackServer(self.app, port=self.port).start()
         return self
 
@@ -853,10 +858,7 @@ class FakeAnthropic(RequestLog):
         server, self._server = self._server, None
         if server is None:
             return
-        loop = server.loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._stopping.set)
+        self._stopping.set()
         server.stop()
 
     def __enter__(self) -> FakeAnthropic:

@@ -11,23 +11,29 @@ new engine — new caches, new index, the same store — as a new Trooper proces
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import anthropic
 import attrs
 
 from trooper.config import Config
 from trooper.engine import Engine
+from trooper.health import CloudHealth
 from trooper.providers.anthropic import AnthropicProvider
 from trooper.providers.ollama import OllamaProvider
 from trooper.server import UVICORN_OPTIONS, create_app
 from trooper.store.base import SessionStore
+from trooper.store.sync import SyncStore
 from trooper.testing._runner import LoopbackServer
 from trooper.testing.fake_anthropic import FakeAnthropic
 from trooper.testing.fake_ollama import FakeOllama
 from trooper.testing.inprocess import ASGITransport, HttpxASGITransport, InProcessServer
 
 API_KEY = "sk-ant-test-0000"
+T = TypeVar("T")
 
 
 @attrs.define
@@ -39,14 +45,26 @@ class TrooperHarness:
     cloud: FakeAnthropic | str
     local: FakeOllama | str | None
     in_process: bool = True
+    #: The engine's clock; a test may pass one it moves by hand (a retry-after passes at once).
+    clock: Callable[[], float] = time.time
     engine: Engine | None = None
     server: LoopbackServer | InProcessServer | None = None
 
     @property
-    def store(self) -> SessionStore:
-        """The store, once the server has written what it owes for the responses already sent."""
+    def store(self) -> SyncStore:
+        """The store (its methods called synchronously), once the server has written what it owes for
+        the responses it already sent."""
         self.settle()
-        return self._store
+        return SyncStore(self._store, self.run)
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the loop Trooper runs on (its store and engine belong to it)."""
+        server = self.server
+        if isinstance(server, InProcessServer):
+            return server.run(coroutine)
+        if server is not None and server.loop is not None and not server.loop.is_closed():
+            return asyncio.run_coroutine_threadsafe(coroutine, server.loop).result(30)
+        return asyncio.run(coroutine)
 
     @property
     def url(self) -> str:
@@ -56,13 +74,8 @@ class TrooperHarness:
     def settle(self) -> None:
         """Wait until the server has run the bookkeeping of every response it already sent (the turn
         record is written just after a response leaves)."""
-        server = self.server
-        if isinstance(server, InProcessServer):
-            server.settle()
-        elif server is not None and server.loop is not None and not server.loop.is_closed():
-            import asyncio
-
-            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), server.loop).result(5)
+        if self.engine is not None and self.server is not None:
+            self.run(self.engine.settle())
 
     def _providers(self) -> tuple[AnthropicProvider, OllamaProvider | None]:
         anthropic_config, ollama_config = self.config.anthropic, self.config.ollama
@@ -87,11 +100,15 @@ class TrooperHarness:
                 first_byte_timeout=ollama_config.first_byte_timeout,
                 idle_timeout=ollama_config.idle_timeout,
                 transport=HttpxASGITransport(self.local.app),
+                model=ollama_config.model,
             )
         elif self.local is not None:
             url = self.local if isinstance(self.local, str) else self.local.url
             local = OllamaProvider(
-                url, first_byte_timeout=ollama_config.first_byte_timeout, idle_timeout=ollama_config.idle_timeout
+                url,
+                first_byte_timeout=ollama_config.first_byte_timeout,
+                idle_timeout=ollama_config.idle_timeout,
+                model=ollama_config.model,
             )
         return cloud, local
 
@@ -101,14 +118,14 @@ class TrooperHarness:
 
             async def build() -> Engine:
                 cloud, local = self._providers()
-                return Engine(cloud=cloud, local=local, store=self._store, config=self.config)
+                return Engine(cloud=cloud, local=local, store=self._store, config=self.config, clock=self.clock)
 
             self.engine = server.run(build())
             server.app = create_app(self.config, self.engine)
             self.server = server
             return self
         cloud, local = self._providers()
-        self.engine = Engine(cloud=cloud, local=local, store=self._store, config=self.config)
+        self.engine = Engine(cloud=cloud, local=local, store=self._store, config=self.config, clock=self.clock)
         self.server = LoopbackServer(create_app(self.config, self.engine), **UVICORN_OPTIONS).start()
         return self
 
@@ -122,12 +139,18 @@ class TrooperHarness:
             if isinstance(server, InProcessServer):
                 server.run(closing)
             elif server.loop is not None and not server.loop.is_closed():
-                import asyncio
-
                 asyncio.run_coroutine_threadsafe(closing, server.loop).result(5)
             else:
                 closing.close()
         server.stop()
+
+    def cloud_recovered(self) -> None:
+        """Forget what the engine knows of the cloud's health, as if every retry time had passed and a
+        probe had succeeded (for tests that script a failure and then want the cloud back at once)."""
+        engine = self.engine
+        assert engine is not None, "the harness is not started"
+        for key in engine.health_keys:
+            self.run(engine.store.health_set(key, CloudHealth().to_dict()))
 
     def restart(self) -> TrooperHarness:
         """A new Trooper process in all but name: new engine, new caches, the same store."""
@@ -162,9 +185,23 @@ def _sdk_http() -> Any:
 
 
 async def _close_providers(engine: Engine) -> None:
+    await engine.settle()
     await engine.cloud.aclose()
     if engine.local is not None:
         await engine.local.aclose()
 
 
-__all__ = ["API_KEY", "TrooperHarness"]
+class FakeClock:
+    """A clock a test moves by hand: ``TrooperHarness(..., clock=clock)``, then ``clock.advance(2)``."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+__all__ = ["API_KEY", "FakeClock", "TrooperHarness"]
