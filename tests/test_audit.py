@@ -18,10 +18,11 @@ import pytest
 
 from tests.conftest import QUIET, Harness, make_config
 from trooper.audit import configure_logging
-from trooper.store import SQLiteStore
+from trooper.store import SQLiteStore, SyncStore
 from trooper.testing import FakeAnthropic, FakeOllama, unused_port_url
 from trooper.testing import fake_anthropic as script
 from trooper.testing import fake_ollama as local_script
+from trooper.testing.harness import FakeClock
 
 MODEL = "claude-sonnet-4-6"
 SESSION = "audited-session"
@@ -39,8 +40,8 @@ class Scenario:
 
 
 def _post(harness: Harness, messages: list[dict[str, Any]], **headers: str) -> httpx.Response:
-    return httpx.post(
-        f"{harness.url}/v1/messages",
+    return harness.http().post(
+        "/v1/messages",
         json={"model": MODEL, "max_tokens": 32, "messages": messages},
         headers={"x-api-key": SECRET_KEY, "anthropic-version": "2023-06-01", "X-Trooper-Session": SESSION, **headers},
         timeout=30,
@@ -55,7 +56,8 @@ def scenario(fake_cloud: FakeAnthropic, fake_local: FakeOllama, tmp_path: Path) 
     config = attrs.evolve(config, server=attrs.evolve(config.server, admin_token=TOKEN))
     stream = io.StringIO()
     configure_logging("info", stream)
-    harness = Harness(config, SQLiteStore(store_path), fake_cloud.url, fake_local.url).start()
+    clock = FakeClock()
+    harness = Harness(config, SQLiteStore(store_path), fake_cloud, fake_local, clock=clock).start()
     try:
         fake_local.enqueue(
             local_script.Reply(text=f"local answer {SECRET_TEXT}"), local_script.Reply(text="fallback answer")
@@ -73,7 +75,7 @@ def scenario(fake_cloud: FakeAnthropic, fake_local: FakeOllama, tmp_path: Path) 
             {"role": "user", "content": "next question"},
         ]
         replies.append(_post(harness, history))
-        time.sleep(1.1)
+        clock.advance(1.1)  # the retry-after passes
         history += [{"role": "assistant", "content": "fallback answer"}, {"role": "user", "content": "and now?"}]
         replies.append(_post(harness, history))
         assert [r.status_code for r in replies] == [200, 200, 200, 200], [r.text for r in replies]
@@ -120,7 +122,7 @@ def test_scripted_conversation_produces_exactly_the_expected_trail(scenario: Sce
     assert all(t["duration_ms"] >= t["first_byte_ms"] >= 0 for t in turns)
 
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    graph = httpx.get(f"{scenario.harness.url}/trooper/sessions/{SESSION}/graph?format=mermaid", headers=auth).text
+    graph = scenario.harness.http().get(f"/trooper/sessions/{SESSION}/graph?format=mermaid", headers=auth).text
     assert "Class cloud s_active" in graph
     assert "Class quota_exhausted s_previous" in graph and "Class local s_previous" in graph
     for edge in (
@@ -130,26 +132,26 @@ def test_scripted_conversation_produces_exactly_the_expected_trail(scenario: Sce
         "quota_exhausted --> cloud: cloud_recovered ×1",
     ):
         assert edge in graph
-    dot = httpx.get(f"{scenario.harness.url}/trooper/sessions/{SESSION}/graph?format=dot", headers=auth)
+    dot = scenario.harness.http().get(f"/trooper/sessions/{SESSION}/graph?format=dot", headers=auth)
     assert dot.status_code == 200 and "digraph" in dot.text
 
 
 def test_admin_api(scenario: Scenario) -> None:
-    url, auth = scenario.harness.url, {"Authorization": f"Bearer {TOKEN}"}
-    listed = httpx.get(f"{url}/trooper/sessions", headers=auth).json()["data"]
+    http, auth = scenario.harness.http(), {"Authorization": f"Bearer {TOKEN}"}
+    listed = http.get("/trooper/sessions", headers=auth).json()["data"]
     assert [(s["id"], s["state"], s["turns"]) for s in listed] == [(SESSION, "cloud", 4)]
-    one = httpx.get(f"{url}/trooper/sessions/{SESSION}", headers=auth).json()
+    one = http.get(f"/trooper/sessions/{SESSION}", headers=auth).json()
     assert one["state"] == "cloud" and len(one["transitions"]) == 4
-    health = httpx.get(f"{url}/trooper/health", headers=auth).json()
+    health = http.get("/trooper/health", headers=auth).json()
     assert health["local"]["up"] is True and health["store"]["ok"] is True
     upstream = next(iter(health["cloud"]["upstreams"].values()))
     assert upstream["status"] == "up" and upstream["last_probe"] is not None
-    metrics = httpx.get(f"{url}/metrics", headers=auth).text
+    metrics = http.get("/metrics", headers=auth).text
     assert 'trooper_requests_total{route="local",status="200"} 2.0' in metrics
     assert 'trooper_transitions_total{event="quota_hit"} 1.0' in metrics
     assert 'trooper_fallbacks_total{reason="quota"} 1.0' in metrics
     assert "trooper_withheld_blocks_total" in metrics and "trooper_request_duration_seconds_bucket" in metrics
-    assert httpx.get(f"{url}/trooper/sessions/nope", headers=auth).status_code == 404
+    assert http.get("/trooper/sessions/nope", headers=auth).status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -163,13 +165,13 @@ def test_admin_api(scenario: Scenario) -> None:
     ],
 )
 def test_admin_routes_need_the_token(scenario: Scenario, path: str) -> None:
-    url = scenario.harness.url + path
+    http = scenario.harness.http()
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
-        reply = httpx.get(url, headers=headers)
+        reply = http.get(path, headers=headers)
         assert reply.status_code == 401
         assert reply.json()["error"]["type"] == "authentication_error"
-    assert httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
-    assert httpx.head(f"{scenario.harness.url}/").status_code == 200  # clients' liveness probe stays open
+    assert http.get(path, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    assert http.head("/").status_code == 200  # clients' liveness probe stays open
 
 
 def _cli(*args: str, store: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -184,7 +186,7 @@ def _cli(*args: str, store: Path, **env: str) -> subprocess.CompletedProcess[str
 
 
 def test_no_credential_or_content_in_logs_audit_admin_or_cli(scenario: Scenario) -> None:
-    url, auth = scenario.harness.url, {"Authorization": f"Bearer {TOKEN}"}
+    http, auth = scenario.harness.http(), {"Authorization": f"Bearer {TOKEN}"}
     surfaces = {"logs": scenario.logs, "audit": str(scenario.harness.store.audit(SESSION))}
     for path in (
         "/trooper/sessions",
@@ -195,7 +197,7 @@ def test_no_credential_or_content_in_logs_audit_admin_or_cli(scenario: Scenario)
         f"/trooper/sessions/{SESSION}/graph",
         "/",
     ):
-        surfaces[path] = httpx.get(url + path, headers=auth).text
+        surfaces[path] = http.get(path, headers=auth).text
     for args in (
         ("sessions",),
         ("session", SESSION),
@@ -228,14 +230,14 @@ def test_cli_session_output_is_readable(scenario: Scenario) -> None:
 def test_retention_never_drops_the_ledger(fake_cloud: FakeAnthropic, fake_local: FakeOllama, tmp_path: Path) -> None:
     config = make_config()
     config = attrs.evolve(config, retention=attrs.evolve(config.retention, max_age_days=0.0))
-    harness = Harness(config, SQLiteStore(tmp_path / "t.sqlite3"), fake_cloud.url, fake_local.url).start()
+    harness = Harness(config, SQLiteStore(tmp_path / "t.sqlite3"), fake_cloud, fake_local).start()
     try:
         fake_local.enqueue(local_script.Reply(text=f"answer {SECRET_TEXT}"))
         history: list[dict[str, Any]] = [{"role": "user", "content": f"::local {SECRET_TEXT}"}]
         assert _post(harness, history).status_code == 200
         assert harness.engine is not None
         time.sleep(0.01)
-        removed = harness.engine.prune()
+        removed = harness.run(harness.engine.admin.prune())
         assert removed["sessions"] == 1 and removed["audit"] >= 2
         assert harness.store.load_conversation(SESSION) is None and harness.store.audit(SESSION) == []
         history += [{"role": "assistant", "content": f"answer {SECRET_TEXT}"}, {"role": "user", "content": "hi"}]
@@ -246,11 +248,11 @@ def test_retention_never_drops_the_ledger(fake_cloud: FakeAnthropic, fake_local:
 
 
 def test_retention_by_count_and_audit_length(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "t.sqlite3")
+    store = SyncStore(SQLiteStore(tmp_path / "t.sqlite3"))
     for number in range(5):
-        store.save_conversation(f"s{number}", {"id": f"s{number}", "state": "cloud"}, at=float(number))
+        store.write(f"s{number}", float(number), {"id": f"s{number}", "state": "cloud"}, [])
         for step in range(4):
-            store.audit_append(f"s{number}", float(step), "turn", {"n": step})
+            store.write(f"s{number}", float(step), None, [("turn", {"n": step})])
     removed = store.prune(older_than=None, max_sessions=3, max_audit_per_session=2)
     assert removed == {"sessions": 2, "audit": 8 + 6}
     assert [row["id"] for row in store.list_conversations()] == ["s4", "s3", "s2"]

@@ -22,8 +22,8 @@ HEADERS = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01", "content-typ
 CANARY = "CANARY-STORED-5d1e"
 
 
-def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.post(f"{url}/v1/messages", content=body, headers={**HEADERS, **(headers or {})}, timeout=30)
+def post(harness: Harness, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    return harness.http().post("/v1/messages", content=body, headers={**HEADERS, **(headers or {})})
 
 
 def assert_anthropic_shape(reply: httpx.Response) -> None:
@@ -43,7 +43,7 @@ def stored(sqlite_trooper: Harness, fake_local: FakeOllama, fake_cloud: FakeAnth
     """A Trooper whose store already holds a local turn with a canary."""
     fake_local.enqueue(local_script.Reply(text=f"stored answer {CANARY}"))
     reply = post(
-        sqlite_trooper.url,
+        sqlite_trooper,
         orjson.dumps(
             {
                 "model": MODEL,
@@ -78,7 +78,7 @@ def assert_canary_intact(harness: Harness, fake_cloud: FakeAnthropic, before: tu
         {"role": "user", "content": "a normal cloud turn"},
     ]
     fake_cloud.clear()
-    reply = post(harness.url, orjson.dumps({"model": MODEL, "max_tokens": 32, "messages": history}))
+    reply = post(harness, orjson.dumps({"model": MODEL, "max_tokens": 32, "messages": history}))
     assert reply.status_code == 200, reply.text
     assert CANARY.encode() not in fake_cloud.received_bytes()
 
@@ -177,7 +177,7 @@ def test_each_bad_request_gets_a_named_error(
 ) -> None:
     before = snapshot(stored)
     fake_cloud.clear()
-    reply = post(stored.url, body, headers)
+    reply = post(stored, body, headers)
     assert reply.status_code == status, reply.text
     assert_anthropic_shape(reply)
     assert mentions in reply.json()["error"]["message"]
@@ -187,7 +187,7 @@ def test_each_bad_request_gets_a_named_error(
 
 def test_100000_messages_are_served(stored: Harness, fake_cloud: FakeAnthropic) -> None:
     messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"} for i in range(99_999)]
-    reply = post(stored.url, orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": messages}))
+    reply = post(stored, orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": messages}))
     assert reply.status_code == 200, reply.text[:300]
 
 
@@ -311,7 +311,7 @@ def test_generated_malformed_requests(stored: Harness, fake_cloud: FakeAnthropic
     @given(malformed_requests())
     def check(request: tuple[bytes, dict[str, str]]) -> None:
         raw, headers = request
-        reply = post(stored.url, raw, headers)
+        reply = post(stored, raw, headers)
         assert_anthropic_shape(reply)
 
     check()

@@ -26,7 +26,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import Harness
+from tests.conftest import Harness, make_config
+from trooper.store import MemoryStore
 from trooper.testing import FakeAnthropic, FakeOllama
 from trooper.testing import fake_anthropic as script
 from trooper.testing import fake_ollama as local_script
@@ -53,6 +54,14 @@ def claude() -> Path:
             pytest.fail(f"Claude Code is required here but not installed; {hint}")
         pytest.skip(f"Claude Code is not installed; {hint}")
     return binary
+
+
+@pytest.fixture
+def trooper(fake_cloud: FakeAnthropic, fake_local: FakeOllama) -> Iterator[Harness]:
+    """Trooper on a real loopback socket: Claude Code is a process of its own."""
+    harness = Harness(make_config(), MemoryStore(), fake_cloud, fake_local, in_process=False).start()
+    yield harness
+    harness.stop()
 
 
 @pytest.fixture

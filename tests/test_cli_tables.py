@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from tests.conftest import API_KEY, Harness, make_config
-from trooper.store import SQLiteStore
+from trooper.store import SQLiteStore, SyncStore
 from trooper.tables import Column, print_table
 from trooper.testing import FakeAnthropic, FakeOllama, unused_port_url
 
@@ -32,11 +32,10 @@ def _cli(*args: str, columns: int, **env: str) -> subprocess.CompletedProcess[st
 
 
 def _post(harness: Harness, messages: list[dict[str, str]]) -> httpx.Response:
-    return httpx.post(
-        f"{harness.url}/v1/messages",
+    return harness.http().post(
+        "/v1/messages",
         json={"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": messages},
         headers={"x-api-key": API_KEY, "anthropic-version": "2023-06-01", "X-Trooper-Session": SESSION},
-        timeout=30,
     )
 
 
@@ -79,7 +78,8 @@ def test_sessions_at_80_columns_show_whole_ids(store_path: Path) -> None:
 def test_session_at_80_columns_shows_whole_request_ids(store_path: Path) -> None:
     done = _cli("session", SESSION, columns=80, TROOPER_STORE=str(store_path))
     assert done.returncode == 0, done.stderr
-    request_ids = [e["request_id"] for e in SQLiteStore(store_path).audit(SESSION) if e["kind"] == "transition"]
+    trail = SyncStore(SQLiteStore(store_path)).audit(SESSION)
+    request_ids = [e["request_id"] for e in trail if e["kind"] == "transition"]
     assert len(request_ids) >= 2
     for request_id in request_ids:
         assert request_id in done.stdout

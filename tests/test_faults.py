@@ -20,6 +20,7 @@ from trooper.store import MemoryStore
 from trooper.testing import FakeAnthropic, FakeOllama, unused_port_url
 from trooper.testing import fake_anthropic as script
 from trooper.testing import fake_ollama as local_script
+from trooper.testing.harness import FakeClock
 
 MODEL = "claude-sonnet-4-6"
 SESSION = "fault-matrix"
@@ -61,9 +62,9 @@ def matrix_harness(
         config = attrs.evolve(
             config, anthropic=attrs.evolve(config.anthropic, first_byte_timeout=0.5, overload_backoff=0.01)
         )
-        cloud_url = unused_port_url() if fault.script is None else fake_cloud.url
-        local_url = fake_local.url if local_up else unused_port_url()
-        harness = Harness(config, MemoryStore(), cloud_url, local_url).start()
+        cloud: FakeAnthropic | str = unused_port_url() if fault.script is None else fake_cloud
+        local: FakeOllama | str = fake_local if local_up else unused_port_url()
+        harness = Harness(config, MemoryStore(), cloud, local).start()
         made.append(harness)
         if fault.script is not None:
             fake_cloud.default = lambda _request: fault.script()  # type: ignore[misc]
@@ -171,14 +172,14 @@ def test_fault_matrix(
 
 
 def httpx_ok(harness: Harness) -> bool:
-    import httpx
 
-    return httpx.get(f"{harness.url}/", timeout=5).status_code == 200
+    return bool(harness.http().get("/").status_code == 200)
 
 
 def test_recovery_end_to_end(fake_cloud: FakeAnthropic, fake_local: FakeOllama) -> None:
     """quota hit → local turns → retry-after passes → probe → the next turn goes to the cloud."""
-    harness = Harness(make_config(), MemoryStore(), fake_cloud.url, fake_local.url).start()
+    clock = FakeClock()
+    harness = Harness(make_config(), MemoryStore(), fake_cloud, fake_local, clock=clock).start()
     try:
         client = harness.client(default_headers={"X-Trooper-Session": SESSION})
         fake_cloud.enqueue(script.rate_limited(retry_after=1))
@@ -199,7 +200,7 @@ def test_recovery_end_to_end(fake_cloud: FakeAnthropic, fake_local: FakeOllama) 
             model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "x"}]
         )
         assert raw_other.headers["x-trooper-state"] == "quota_exhausted"
-        time.sleep(1.1)
+        clock.advance(1.1)  # the retry-after passes
         history += [
             {"role": "assistant", "content": raw.parse().content[0].text},  # type: ignore[union-attr]
             {"role": "user", "content": "third"},
@@ -220,7 +221,7 @@ def test_recovery_end_to_end(fake_cloud: FakeAnthropic, fake_local: FakeOllama) 
 
 def test_fallback_content_is_shareable_when_configured(fake_cloud: FakeAnthropic, fake_local: FakeOllama) -> None:
     config = make_config(share_fallback_after_recovery=True)
-    harness = Harness(config, MemoryStore(), fake_cloud.url, fake_local.url).start()
+    harness = Harness(config, MemoryStore(), fake_cloud, fake_local).start()
     try:
         client = harness.client(default_headers={"X-Trooper-Session": SESSION})
         fake_cloud.enqueue(script.overloaded(), script.overloaded(), script.overloaded())
@@ -240,7 +241,7 @@ def test_fallback_content_is_shareable_when_configured(fake_cloud: FakeAnthropic
             {"role": "assistant", "content": forced.content[0].text},  # type: ignore[union-attr]
             {"role": "user", "content": "back to the cloud"},
         ]
-        harness.engine._health.clear()  # type: ignore[union-attr]  # the cloud has recovered
+        harness.cloud_recovered()
         client.messages.create(model=MODEL, max_tokens=8, messages=history)
         sent = str(fake_cloud.last_json()["messages"])
         assert "fallback prompt" in sent and "fallback answer" in sent
@@ -253,12 +254,13 @@ def test_a_hanging_probe_never_holds_up_a_local_turn(fake_cloud: FakeAnthropic, 
     """The recovery probe is shared, bounded, and never awaited by a turn that runs locally anyway."""
     config = make_config()
     config = attrs.evolve(config, anthropic=attrs.evolve(config.anthropic, probe_timeout=0.5))
-    harness = Harness(config, MemoryStore(), fake_cloud.url, fake_local.url).start()
+    clock = FakeClock()
+    harness = Harness(config, MemoryStore(), fake_cloud, fake_local, clock=clock).start()
     try:
         client = harness.client(default_headers={"X-Trooper-Session": SESSION, "X-Canary-Header": "CANARY-HDR"})
         fake_cloud.enqueue(script.rate_limited(retry_after=1))
         client.messages.create(model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "first"}])
-        time.sleep(1.1)
+        clock.advance(1.1)
         fake_cloud.count_tokens_default = script.hang()
         started = time.monotonic()
         forced = client.messages.with_raw_response.create(

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import anthropic
-import httpx
 import orjson
 import pytest
 
@@ -304,7 +303,7 @@ def test_session_identity_sources(trooper: Harness) -> None:
     headers = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01"}
 
     def session(extra_headers: dict[str, str], body: dict[str, Any]) -> str:
-        reply = httpx.post(f"{trooper.url}/v1/messages", json=body, headers={**headers, **extra_headers})
+        reply = trooper.http().post("/v1/messages", json=body, headers={**headers, **extra_headers})
         assert reply.status_code == 200, reply.text
         return reply.headers["x-trooper-session"]
 
@@ -321,7 +320,7 @@ def test_session_identity_sources(trooper: Harness) -> None:
     assert session({}, meta_old) == cc
     derived = session({}, base)
     assert derived.startswith("sess_") and session({}, base) == derived
-    bad = httpx.post(f"{trooper.url}/v1/messages", json=base, headers={**headers, "X-Trooper-Session": "a b/c"})
+    bad = trooper.http().post("/v1/messages", json=base, headers={**headers, "X-Trooper-Session": "a b/c"})
     assert bad.status_code == 400 and "x-trooper-session" in bad.json()["error"]["message"]
 
 
@@ -340,8 +339,8 @@ def test_claude_code_system_notes_pass_through_verbatim(trooper: Harness, fake_c
             "messages": [{"role": "user", "content": [REMINDER, {"type": "text", "text": "say hi"}]}, NOTE],
         }
     )
-    reply = httpx.post(
-        f"{trooper.url}/v1/messages?beta=true",
+    reply = trooper.http().post(
+        "/v1/messages?beta=true",
         content=body,
         timeout=30,
         headers={"x-api-key": API_KEY, "content-type": "application/json", "anthropic-version": "2023-06-01"},

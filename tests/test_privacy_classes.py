@@ -22,7 +22,7 @@ from tests.privacy_kit import Messages, canary, leaked
 from trooper.audit import configure_logging
 from trooper.config import Config, LocalityConfig, OllamaConfig
 from trooper.ledger import LedgerIndex, LedgerRecord
-from trooper.store import SQLiteStore
+from trooper.store import SQLiteStore, SyncStore
 from trooper.testing import FakeAnthropic, FakeOllama
 from trooper.testing import fake_anthropic as cloud_script
 from trooper.testing import fake_ollama as local_script
@@ -408,7 +408,7 @@ def test_forced_content_never_becomes_shareable_whatever_the_order(make: Make, t
         index = LedgerIndex(share_fallback=True)
         index.add(order)
         assert index.local_prompt(key, "any")
-        store = SQLiteStore(tmp_path / f"order-{order[0].origin}.sqlite3")
+        store = SyncStore(SQLiteStore(tmp_path / f"order-{order[0].origin}.sqlite3"))
         store.ledger_append(order)
         reread = LedgerIndex(share_fallback=True)
         reread.add(store.ledger_since(0)[0])

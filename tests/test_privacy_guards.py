@@ -17,9 +17,8 @@ import pytest
 
 from tests.test_privacy_machine import PrivacyMachine
 from trooper import controls, ledger, text
-from trooper.controls import Controls
-from trooper.conversation import Health
-from trooper.decide import Plan, Route
+from trooper.controls import Controls, read_controls
+from trooper.wire import continues_turn
 
 Steps = Callable[[PrivacyMachine], None]
 
@@ -31,12 +30,11 @@ def _paste_last_received(machine: PrivacyMachine) -> None:
     machine.paste_local_content_into_a_prompt()
 
 
-def _old_decide(state: str, *, controls: Controls, continuation: Route | None, health: Health) -> Plan:
-    if continuation is not None:  # the review's bug: a continuation ignored every control
-        return Plan(continuation, "continuation", ())
-    from trooper.decide import decide
-
-    return decide(state, controls=controls, continuation=None, health=health)
+def _controls_ignored_on_continuations(headers: Any, body: Any, marker: str) -> Controls:
+    """The review's bug: a request continuing a tool loop had its controls ignored."""
+    if continues_turn(body.get("messages") or []):
+        return Controls()
+    return read_controls(headers, body, marker)
 
 
 def _last_turn_message(messages: Any) -> int | None:
@@ -71,7 +69,7 @@ CASES: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], Steps]] = {
         ),
     ),
     "controls on a continuation": (
-        lambda mp: mp.setattr("trooper.engine.decide", _old_decide),
+        lambda mp: mp.setattr("trooper.turn.read_controls", _controls_ignored_on_continuations),
         lambda m: m.cloud_tool_loop_moved_local(how="marker_block"),
     ),
     "the marker before a prefill": (

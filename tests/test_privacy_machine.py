@@ -351,10 +351,7 @@ class PrivacyMachine(RuleBasedStateMachine):
         self.refused.add(len(self.cloud.requests) - 1)
         self.add(_dump(final), "fallback")
         if retry_after:  # let the next turn find the cloud back
-            for harness in self.instances:
-                assert harness.engine is not None
-                for health in harness.engine._health.values():
-                    health.retry_at = 0.0
+            self.harness.cloud_recovered()
 
     @rule(kind=st.sampled_from(REFORMATS))
     def reformat_history(self, kind: str) -> None:

@@ -79,7 +79,9 @@ class PrivacyMachine(RuleBasedStateMachine):
         self.local.reset()
         self.directory = tempfile.TemporaryDirectory()
         self.store_path = Path(self.directory.name) / "trooper.sqlite3"
-        self.harness = Harness(make_config(), SQLiteStore(self.store_path), self.cloud.url, self.local.url).start()
+        self.harness = Harness(
+            make_config(), SQLiteStore(self.store_path), self.cloud.url, self.local.url, in_process=False
+        ).start()
         self.history: list[dict[str, Any]] = []
         self.secrets: list[str] = []
         self.cloud_canaries: list[str] = []
@@ -254,13 +256,13 @@ def test_local_content_never_reaches_the_cloud() -> None:
 def test_the_property_fails_when_the_filter_is_disabled(monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
     """Test the test: with the cloud payload filter replaced by a pass-through, the safety check catches
     the leak on the shortest sequence that shows it (a local turn, then a cloud turn)."""
-    import trooper.engine
+    import trooper.turn
     from trooper.ledger import CloudPlan
 
     def no_filter(body: dict[str, Any], messages: list[dict[str, Any]], *args: Any, **kwargs: Any) -> CloudPlan:
         return CloudPlan(list(messages), body.get("system"), False)
 
-    monkeypatch.setattr(trooper.engine, "plan_cloud", no_filter)
+    monkeypatch.setattr(trooper.turn, "plan_cloud", no_filter)
     machine = PrivacyMachine()
     try:
         machine.first_turn()

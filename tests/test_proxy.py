@@ -1,6 +1,8 @@
 """Trooper as a faithful Anthropic proxy: the SDK through Trooper against the fake Anthropic.
 
-Every test here talks over real loopback sockets; the fake records the exact bytes it received.
+Every test here talks over real loopback sockets — Trooper served by uvicorn as ``trooper serve``
+serves it, the fake on its own — because what is checked is what crosses the wire: headers once
+each, bytes as they were, SSE as it arrives.
 """
 
 from __future__ import annotations
@@ -17,16 +19,28 @@ import pytest
 
 from tests.conftest import API_KEY, Harness, make_config
 from trooper.store import MemoryStore
-from trooper.testing import FakeAnthropic, unused_port_url
+from trooper.testing import FakeAnthropic, FakeOllama, unused_port_url
 from trooper.testing import fake_anthropic as script
 
 MODEL = "claude-sonnet-4-6"
 
 
 @pytest.fixture
+def trooper(fake_cloud: FakeAnthropic, fake_local: FakeOllama) -> Iterator[Harness]:
+    harness = Harness(make_config(), MemoryStore(), fake_cloud, fake_local, in_process=False).start()
+    yield harness
+    harness.stop()
+
+
+@pytest.fixture
+def client(trooper: Harness) -> anthropic.Anthropic:
+    return trooper.client()
+
+
+@pytest.fixture
 def cloud_only(fake_cloud: FakeAnthropic) -> Iterator[Harness]:
     """No local provider: upstream errors reach the client as they are (no fallback)."""
-    harness = Harness(make_config(), MemoryStore(), fake_cloud.url, None).start()
+    harness = Harness(make_config(), MemoryStore(), fake_cloud.url, None, in_process=False).start()
     yield harness
     harness.stop()
 
@@ -94,7 +108,7 @@ def test_every_transport_relays_the_same_bytes(fake_cloud: FakeAnthropic, transp
     """The three client stacks of ``anthropic.transport`` are interchangeable: same bytes both ways."""
     config = make_config()
     config = attrs.evolve(config, anthropic=attrs.evolve(config.anthropic, transport=transport))
-    harness = Harness(config, MemoryStore(), fake_cloud.url, None).start()
+    harness = Harness(config, MemoryStore(), fake_cloud.url, None, in_process=False).start()
     try:
         fake_cloud.enqueue(script.text("plain"), script.text("streamed", "twice"))
         body = orjson.dumps({"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
@@ -341,7 +355,7 @@ def test_body_over_the_limit_is_413(fake_cloud: FakeAnthropic) -> None:
     import attrs
 
     config = attrs.evolve(config, server=attrs.evolve(config.server, max_body_bytes=1000))
-    harness = Harness(config, MemoryStore(), fake_cloud.url, None).start()
+    harness = Harness(config, MemoryStore(), fake_cloud.url, None, in_process=False).start()
     try:
         big = orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "x" * 5000}]})
         _assert_error(_raw_post(f"{harness.url}/v1/messages", big), 413, "request_too_large", "1000 bytes")
@@ -352,7 +366,7 @@ def test_body_over_the_limit_is_413(fake_cloud: FakeAnthropic) -> None:
 
 
 def test_unreachable_upstream_is_a_clear_error_not_a_hang() -> None:
-    harness = Harness(make_config(), MemoryStore(), unused_port_url(), None).start()
+    harness = Harness(make_config(), MemoryStore(), unused_port_url(), None, in_process=False).start()
     try:
         started = time.monotonic()
         with pytest.raises(anthropic.InternalServerError) as info:
