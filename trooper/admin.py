@@ -49,7 +49,7 @@ class Admin:
             store = {"ok": False, "kind": type(engine.store).__name__, "error": type(exc).__name__}
         return {
             "status": "ok",
-            "cloud": {"provider": engine.cloud.name, "upstreams": await engine.health_snapshot()},
+            "cloud": {"provider": engine.cloud.name, "upstreams": await engine.watch.snapshot()},
             "local": local,
             "store": store,
             "uptime_seconds": round(self.clock() - engine.started_at, 3),

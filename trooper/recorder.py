@@ -13,10 +13,21 @@ from collections.abc import Sequence
 
 from trooper.ledger import LedgerIndex, LedgerRecord
 from trooper.store.base import SessionStore
+from trooper.wire import TrooperError
 
 
 class LedgerUnavailable(Exception):
     """The store did not answer a ledger read or write."""
+
+
+def ledger_refusal(exc: Exception) -> TrooperError:
+    """What the client is told when Trooper cannot check or record locality: a 503, sent nowhere."""
+    return TrooperError(
+        "api_error",
+        f"Trooper refused this turn: {exc}, so it cannot check or record what stays local. Try again when the "
+        "store is back.",
+        status=503,
+    )
 
 
 class Ledger:

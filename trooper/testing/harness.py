@@ -149,7 +149,7 @@ class TrooperHarness:
         probe had succeeded (for tests that script a failure and then want the cloud back at once)."""
         engine = self.engine
         assert engine is not None, "the harness is not started"
-        for key in engine.health_keys:
+        for key in engine.watch.keys:
             self.run(engine.store.health_set(key, CloudHealth().to_dict()))
 
     def restart(self) -> TrooperHarness:
