@@ -46,7 +46,7 @@ from trooper.providers.base import (
 )
 from trooper.recorder import Ledger, LedgerUnavailable, ledger_refusal
 from trooper.spans import warm_up
-from trooper.store.base import SessionStore
+from trooper.store.base import SessionStore, StoreUnavailable
 from trooper.wire import JSON, Incoming, Outgoing, TrooperError, error_response, new_request_id
 
 log = structlog.get_logger("trooper")
@@ -136,6 +136,9 @@ class Engine:
             raise TrooperError("not_found_error", f"{request.method} {request.path}: no such route")
         except TrooperError as exc:
             return error_response(exc)
+        except StoreUnavailable as exc:  # fail closed: nothing was sent that could not be checked
+            log.error("store_unavailable", path=request.path, error=str(exc))
+            return error_response(ledger_refusal(exc))
 
     def _read(self, request: Incoming) -> turn.Request:
         return turn.read_request(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from trooper.store.base import LedgerEntry, SessionStore, StoreError
+from trooper.store.base import LedgerEntry, SessionStore, StoreError, StoreUnavailable
 from trooper.store.memory import MemoryStore
 from trooper.store.sqlite import SQLiteStore
 from trooper.store.sync import SyncStore
 
-__all__ = ["LedgerEntry", "MemoryStore", "SQLiteStore", "SessionStore", "StoreError", "SyncStore", "open_store"]
+__all__ = ["LedgerEntry", "MemoryStore", "SQLiteStore", "SessionStore", "StoreError", "StoreUnavailable", "SyncStore", "open_store"]
 
 
 def open_store(path: str) -> SessionStore:

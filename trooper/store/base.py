@@ -34,6 +34,11 @@ class StoreError(Exception):
     """The store cannot be used as it is; the message says why in one line."""
 
 
+class StoreUnavailable(StoreError):
+    """The store did not answer (down, unreachable, timing out). Trooper refuses the turn rather than
+    act on what it could not check or record; the message names the store, never its credentials."""
+
+
 class Lease(Protocol):
     """A held per-conversation lock."""
 
