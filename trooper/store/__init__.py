@@ -7,7 +7,16 @@ from trooper.store.memory import MemoryStore
 from trooper.store.sqlite import SQLiteStore
 from trooper.store.sync import SyncStore
 
-__all__ = ["LedgerEntry", "MemoryStore", "SQLiteStore", "SessionStore", "StoreError", "StoreUnavailable", "SyncStore", "open_store"]
+__all__ = [
+    "LedgerEntry",
+    "MemoryStore",
+    "SQLiteStore",
+    "SessionStore",
+    "StoreError",
+    "StoreUnavailable",
+    "SyncStore",
+    "open_store",
+]
 
 
 def open_store(path: str) -> SessionStore:
