@@ -15,7 +15,7 @@ import orjson
 from rich.console import Console
 from rich.markup import escape
 
-from trooper import __version__
+from trooper._version import __version__
 from trooper.config import Config, ConfigError, SettingError, load_config
 from trooper.tables import Column, print_audit, print_table, when
 

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from trooper import __version__
+from trooper._version import __version__
 from trooper.config import Config
 from trooper.engine import Engine
 from trooper.wire import Incoming, Outgoing, TrooperError, error_body
