@@ -292,8 +292,9 @@ class PrivacyMachine(RuleBasedStateMachine):
     def side_request_quoting_a_local_prompt(self) -> None:
         """A title request wraps the conversation; the marker inside it keeps it off the cloud."""
         locals_ = [m for m, o in zip(self.history, self.origin, strict=True) if o == "local" and m["role"] == "user"]
-        texts = [text for m in locals_ for text in block_texts_of(m) if "::local" in text]
-        texts = texts or [text for m in locals_ for text in block_texts_of(m) if "CANARY" in text]
+        # Whole messages: a client that split a prompt into blocks quotes it whole, not block by block.
+        whole = ["".join(block_texts_of(m)) for m in locals_]
+        texts = [text for text in whole if "::local" in text] or [text for text in whole if "CANARY" in text]
         if not texts:
             return
         quoted = "Write a five-word title for this conversation:\n" + "\n".join(texts[-2:])
