@@ -54,17 +54,17 @@ FAULTS = [
 @pytest.fixture
 def matrix_harness(
     fake_cloud: FakeAnthropic, fake_local: FakeOllama, request: pytest.FixtureRequest
-) -> Iterator[Callable[[Fault, bool], Harness]]:
+) -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
-    def build(fault: Fault, local_up: bool) -> Harness:
+    def build(fault: Fault, local_up: bool, in_process: bool = True) -> Harness:
         config = make_config()
         config = attrs.evolve(
             config, anthropic=attrs.evolve(config.anthropic, first_byte_timeout=0.5, overload_backoff=0.01)
         )
         cloud: FakeAnthropic | str = unused_port_url() if fault.script is None else fake_cloud
         local: FakeOllama | str = fake_local if local_up else unused_port_url()
-        harness = Harness(config, MemoryStore(), cloud, local).start()
+        harness = Harness(config, MemoryStore(), cloud, local, in_process=in_process).start()
         made.append(harness)
         if fault.script is not None:
             fake_cloud.default = lambda _request: fault.script()  # type: ignore[misc]
@@ -117,9 +117,32 @@ def _call(harness: Harness, stream: bool, forced: bool) -> tuple[int, dict[str, 
 @pytest.mark.parametrize("mode", ["local-up", "local-down", "forced-local"])
 @pytest.mark.parametrize("fault", FAULTS, ids=[fault.name for fault in FAULTS])
 def test_fault_matrix(
-    matrix_harness: Callable[[Fault, bool], Harness], fake_cloud: FakeAnthropic, fault: Fault, mode: str, stream: bool
+    matrix_harness: Callable[..., Harness], fake_cloud: FakeAnthropic, fault: Fault, mode: str, stream: bool
 ) -> None:
-    harness = matrix_harness(fault, mode != "local-down")
+    _check_row(matrix_harness(fault, mode != "local-down"), fake_cloud, fault, mode, stream)
+
+
+#: Rows replayed through real sockets: where timing and connection handling differ from in-process.
+SOCKET_ROWS = [
+    (FAULTS[0], "local-up", True),
+    (FAULTS[7], "local-down", False),
+    (FAULTS[8], "local-up", True),
+    (FAULTS[9], "local-up", True),
+    (FAULTS[10], "local-up", True),
+]
+
+
+@pytest.mark.parametrize(
+    ("fault", "mode", "stream"), SOCKET_ROWS, ids=[f"{f.name}-{m}-{'sse' if s else 'json'}" for f, m, s in SOCKET_ROWS]
+)
+def test_fault_matrix_over_sockets(
+    matrix_harness: Callable[..., Harness], fake_cloud: FakeAnthropic, fault: Fault, mode: str, stream: bool
+) -> None:
+    """A smoke test of the matrix through a Trooper on a loopback socket, not in-process."""
+    _check_row(matrix_harness(fault, mode != "local-down", in_process=False), fake_cloud, fault, mode, stream)
+
+
+def _check_row(harness: Harness, fake_cloud: FakeAnthropic, fault: Fault, mode: str, stream: bool) -> None:
     status, headers, body, failure = _call(harness, stream, forced=mode == "forced-local")
 
     if mode == "forced-local":
