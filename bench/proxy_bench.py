@@ -2,9 +2,9 @@
 
 Run: ``.venv/bin/python bench/proxy_bench.py`` (about 1–2 minutes; ``--quick`` for about 20 seconds).
 Loopback only; nothing leaves the machine. This is a measurement, not a test: it prints figures and
-says honestly whether the targets of issue 2 are met.
+says honestly whether its latency targets are met.
 
-Why it is built this way (see shared/reference/performance.md §2, §5 and DESIGN §11):
+Why it is built this way:
 
 * **Δ, not absolute latency.** Every figure in section 1 is *through Trooper minus direct to the same
   fake upstream*, with the same client, body and headers, so the load generator's and the upstream's
@@ -17,8 +17,8 @@ Why it is built this way (see shared/reference/performance.md §2, §5 and DESIG
   upstream plus the load generator to the other, so Trooper's CPU cost is not hidden by, nor inflated
   by, the load generator.
 * **Trooper as users run it.** ``python -m trooper serve`` with environment variables only, the same
-  command path and default log level a user gets; only the store is ``memory`` (issue 2 asks for it)
-  unless ``--store sqlite`` is given.
+  command path and default log level a user gets; only the store is ``memory`` (the figure is the
+  proxy's, not the disk's) unless ``--store sqlite`` is given.
 * **A fast fake upstream** (default): canned Anthropic JSON and SSE bytes from a raw ASGI app, so the
   direct baseline is as small as the toolchain allows and the Δ is Trooper's. ``--upstream
   fake-anthropic`` serves :class:`trooper.testing.FakeAnthropic` instead, as a cross-check.
@@ -29,7 +29,7 @@ Why it is built this way (see shared/reference/performance.md §2, §5 and DESIG
   compared with the delay it adds to the first. Whole-stream times also hold timer drift.
 
 Section 2 times, in process, what every cloud-bound request pays for session identity and the
-provenance-ledger filter (+ egress guard) on a Claude-Code-sized request (issue 3). Section 3 measures
+provenance-ledger filter (+ egress guard) on a Claude-Code-sized request. Section 3 measures
 memory per stored conversation, in process and in SQLite.
 """
 
@@ -250,7 +250,7 @@ _RELAY_DROP: Final = frozenset(
 class BareRelay:
     """The floor for an HTTP-aware Python proxy: uvicorn in, aiohttp out, bytes relayed, nothing else.
 
-    Why it is here: issue 2's target (≤ 0.5 ms) was derived from such a relay (performance.md §4–§6).
+    Why it is here: the latency target is set relative to such a relay.
     Measuring it in the same run, on the same pinned CPU, separates what any Python proxy pays on this
     machine from what Trooper adds on top. It parses nothing and keeps no state.
     """
@@ -315,8 +315,8 @@ class BareRelay:
 class TransportRelay(BareRelay):
     """The bare relay again, but sending through one of Trooper's client stacks (section 1b).
 
-    Why: the cloud provider's HTTP client is chosen by measurement (DESIGN §8 asks for it to be
-    re-measured before it changes). The relays differ only in the client stack, so their Δs
+    Why: the cloud provider's HTTP client is chosen by measurement (and re-measured before it
+    changes). The relays differ only in the client stack, so their Δs
     compare the stacks alone, with nothing of Trooper's engine in the way.
     """
 
@@ -1382,7 +1382,7 @@ def report_proxy(res: ProxyResults, args: argparse.Namespace) -> list[str]:
     ns1, s1 = r["ns1"], r["s1"]
     p50_ok = ns1.delta("p50") <= TARGET_P50_MS / 1000
     ttfe_ok = s1.delta("ttfe50") <= TARGET_TTFE_MS / 1000
-    print("\n-- targets (issue 2, concurrency 1) --")
+    print("\n-- targets (concurrency 1) --")
     print(
         f"  added p50, non-stream       : {signed_ms(ns1.delta('p50'))} ms  (target ≤ {TARGET_P50_MS} ms) "
         f"→ {verdict(p50_ok)}"

@@ -4,7 +4,7 @@ Run: ``.venv/bin/python bench/soak_bench.py`` (about 60 s; ``--quick`` for about
 nothing leaves the machine. It is a measurement, not a test: it prints figures and PASS/FAIL lines,
 and exits 1 only when a request hung or local content leaked, so a CI step can gate on it.
 
-What it answers (issue 5, last bullet; DESIGN §2 I1/I2/I5, §4, §8, §9): under a long mix of ordinary
+What it answers: under a long mix of ordinary
 cloud turns, forced-local turns, tool loops, streaming and not, with upstream faults injected at
 random, does Trooper
 
@@ -28,14 +28,14 @@ Why it is built this way:
   here is bounded by this process, not by Trooper: requests/s is printed for scale, not judged.
 * **Faults are decided per request by the client's seeded RNG**, not by a shared RNG inside the fakes
   whose draw order would depend on scheduling. Every request carries a step token: in the
-  ``x-soak-step`` header (Trooper forwards unknown headers to the cloud untouched, DESIGN I3) and in the
+  ``x-soak-step`` header (Trooper forwards unknown headers to the cloud untouched) and in the
   text of its last user message (the only thing the local model is sure to see). The fakes look the
   step's plan up by that token. The step token of a local step is its canary; the header carries a
   separate step id, because Trooper's health probe re-sends the triggering request's headers to the
   cloud. With ``--seed`` fixed, the same conversations plan the same faults; what happens at run time
   still depends on timing (shared cloud health, retry-after windows).
 * **A few users share an API key** (``--users-per-key``, default 2), so cloud health (shared per
-  upstream + credential, §4) is shared the way it is in a small team: a 429 puts that key's next turns
+  upstream + credential) is shared the way it is in a small team: a 429 puts that key's next turns
   local for the retry-after and a credit-balance error for a minute, without sending the whole soak
   local, and two users of a key can meet in the recovery probe.
 * **The probe is faulted too** (``count_tokens``, ``--probe-fault-rate``): a recovery probe that hangs
@@ -46,7 +46,7 @@ Why it is built this way:
 * **Memory is judged after a warm-up** (the first fifth of the run, at most 12 s): Python arenas,
   connection pools and caches fill first. The growth after warm-up is printed in MiB and per 1,000
   requests; the bound is explained next to the verdict. Part of that growth is by design — the
-  provenance ledger's in-memory index keeps every fingerprint forever (DESIGN §6, I5) — so the
+  provenance ledger's in-memory index keeps every fingerprint forever, by design — so the
   ledger rows added after warm-up are counted from the SQLite file and their index cost is measured
   in this process and subtracted before judging.
 """
@@ -240,7 +240,7 @@ class StepPlan:
     """What the fakes do for one request, keyed by its step token.
 
     ``local_only`` steps (forced-local turns and continuations of a local tool loop) must never reach
-    the cloud (DESIGN I2); the fake Anthropic counts one that does as a routing violation.
+    the cloud; the fake Anthropic counts one that does as a routing violation.
     """
 
     token: str
@@ -902,7 +902,7 @@ class Simulation:
                 conv.history.extend(pending)
                 self.stats.turns_ok += 1
                 return
-            # The tool loop continues on the route its turn began on (DESIGN §4).
+            # The tool loop continues on the route its turn began on.
             plan = self.plan(conv, local_only=result.route == "local", local_tool=False)
             vocab = LOCAL_WORDS if result.route == "local" else CLOUD_WORDS
             pending.append(
@@ -1255,7 +1255,7 @@ def report(
         "warm, so what keeps growing is state kept per request or per turn. Over the default run's ~10,000 "
         "requests the bound allows about 2 KiB each; a cache that must grow past it to plateau should be "
         "bounded in bytes, not in entries. The ledger index is subtracted because the design keeps it forever "
-        "(DESIGN §6, I5); its cost is printed above."
+        "(it is what keeps local content out of the cloud); its cost is printed above."
     )
     print(
         f"{'PASS' if not anomalies else 'FAIL'}  anomalies == 0 ({sum(anomalies.values())}) (informational, "

@@ -1,4 +1,4 @@
-"""The conversation state machine against an independent model of DESIGN §4's table."""
+"""The conversation state machine against an independent model of the documented table."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from trooper.conversation import (
     route_of,
 )
 
-# --- the independent model: DESIGN §4 written out by hand, not derived from TRANSITIONS -----------
+# --- the independent model: the table written out by hand, not derived from TRANSITIONS ----------
 
 RELEASE_TO = {Health.UP: "cloud", Health.QUOTA: "quota_exhausted", Health.DOWN: "offline"}
 EXPECTED: dict[tuple[str, str], str] = {

@@ -324,7 +324,7 @@ def test_session_identity_sources(trooper: Harness) -> None:
     assert bad.status_code == 400 and "x-trooper-session" in bad.json()["error"]["message"]
 
 
-#: What Claude Code 2.1.x sends (observed, shared/reference/claude-code.md): a prompt whose first text block
+#: What Claude Code 2.1.x sends (observed on the wire): a prompt whose first text block
 #: is a <system-reminder>, and a ``system`` message of environment notes right after the first prompt.
 REMINDER = {"type": "text", "text": "<system-reminder>\nAttribution for git commits goes here.\n</system-reminder>"}
 NOTE = {"role": "system", "content": [{"type": "text", "text": "# Environment\nPrimary working directory: /w"}]}

@@ -1,7 +1,7 @@
 """The Ollama provider against a fake Ollama on a real loopback socket, and the fake itself.
 
 What is asserted is what crosses the wire: the JSON the fake recorded for the request mapping, and
-for the reply the Anthropic event sequence, checked against the grammar (protocols.md §1.6) and
+for the reply the Anthropic event sequence, checked against the Anthropic event grammar and
 validated with the official ``anthropic`` SDK's types — and, end to end, parsed by the SDK client.
 """
 
@@ -668,7 +668,7 @@ async def test_from_config_and_registry(fake: FakeOllama) -> None:
     assert isinstance(provider, LocalProvider)
     assert (provider.name, provider.kind) == ("ollama", "local")
     assert (provider.connect_timeout, provider.first_byte_timeout, provider.idle_timeout) == (1.5, 20, 7)
-    assert isinstance(provider._client._transport, AiohttpTransport)  # DESIGN §8: the default transport
+    assert isinstance(provider._client._transport, AiohttpTransport)  # the default transport
     try:
         await collect(provider, LocalRequest(body(), model="qwen3", stream=True, num_ctx=2048))
         assert fake.last_json()["keep_alive"] == "10m"

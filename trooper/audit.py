@@ -1,7 +1,7 @@
 """Audit events and logging: structlog JSON lines, or a readable console when attached to a terminal.
 
 Audit records hold ids, routes, reasons, counts and fingerprints — never message content and never
-credentials (DESIGN I6); :func:`scrub` is the last line of defence for the latter.
+credentials; :func:`scrub` is the last line of defence for the latter.
 
 A logged exception carries its type, message and stack (file, line, function of every frame), so an
 internal error can be diagnosed from a log file; it never carries the frames' local variables, which

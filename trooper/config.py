@@ -519,7 +519,7 @@ def _structure(data: Mapping[str, Any], sources: Mapping[tuple[str, str], str]) 
 
 
 def redacted(config: Config) -> dict[str, Any]:
-    """The configuration as a dict with credentials replaced, for ``doctor`` and logs (DESIGN I6)."""
+    """The configuration as a dict with credentials replaced: what ``doctor`` and logs may show."""
     data: dict[str, Any] = _converter.unstructure(config)
     if data["anthropic"].get("api_key"):
         data["anthropic"]["api_key"] = "***"

@@ -1,12 +1,12 @@
 """The conversation state machine: states, the transitions table, the shared machine, the model.
 
-Pure and synchronous (DESIGN §3, §4): no I/O, no clock, no asyncio. The engine passes the time
+Pure and synchronous: no I/O, no clock, no asyncio. The engine passes the time
 (``at``) and the cloud's health in; this module only decides whether an event is valid, moves the
 conversation, runs the (pure) memory-compaction callback and returns what happened, so the engine
 can write it to the audit trail (invariant I4).
 
 One :class:`transitions.Machine` serves every conversation of the process, and no conversation is
-registered with it (the maintainers' "static machine" FAQ pattern): registration costs 4–25 KB and
+registered with it (the maintainers' "static machine" FAQ pattern): registration costs kilobytes and
 an O(n) ``add_model`` per conversation, and breaks on attrs slots/eq classes. A conversation is a
 plain attrs object with a ``state`` field; :func:`fire` triggers ``MACHINE.events[name]`` on it.
 """
@@ -48,8 +48,8 @@ class Health(enum.StrEnum):
 #: States whose turns run on the local model: by choice (``local``) or because the cloud can't serve.
 LOCAL_STATES: Final[frozenset[str]] = frozenset({State.LOCAL.value, State.QUOTA_EXHAUSTED.value, State.OFFLINE.value})
 
-#: How many entered states :attr:`Conversation.path` keeps. 64 pointers are ~0.5 KB per conversation;
-#: the per-edge counts stay exact however long the conversation runs.
+#: How many entered states :attr:`Conversation.path` keeps. Bounded, so a long conversation stays
+#: small; the per-edge counts stay exact however long the conversation runs.
 PATH_LIMIT: Final = 64
 
 

@@ -144,7 +144,7 @@ def _readme(mermaid: str) -> str:
         "# Diagrams\n"
         "\n"
         f"`{MERMAID_FILE}` (Mermaid) and `{DOT_FILE}` (Graphviz DOT) show the conversation state machine"
-        " (DESIGN §4). They, and this file, are generated from the transitions table in"
+        ". They, and this file, are generated from the transitions table in"
         " `trooper/conversation.py` by `trooper graph --write diagrams/` (or `python -m trooper.graph"
         " --write diagrams/`):"
         " do not edit them by hand; `tests/test_diagrams.py` fails when they no longer match the table."

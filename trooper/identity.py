@@ -1,4 +1,4 @@
-"""Which conversation a request belongs to (DESIGN §5).
+"""Which conversation a request belongs to.
 
 The Messages API is stateless, so identity is inferred, in order of reliability: an explicit
 header; Claude Code's session header; the ``session_id`` inside ``metadata.user_id`` (a JSON string
@@ -55,8 +55,8 @@ def derived(body: Mapping[str, Any]) -> str:
     """A stable id from the system prompt and the first user text (reminders skipped).
 
     Each text is hashed by its length, its first and its last :data:`_EDGE` characters, not whole:
-    this runs on every request that names no session, and a 20 KB prompt hashed whole cost more
-    than the rest of session identity together. Two conversations still share an id only if both
+    this runs on every request that names no session, and a long prompt hashed whole would cost
+    more than the rest of session identity together. Two conversations still share an id only if both
     texts agree in length, head and tail — the id is a best effort for clients that send none.
     """
     digest = hashlib.sha256()

@@ -2,7 +2,7 @@
 
 The API routes (``/v1/…``) are served by a small raw-ASGI handler rather than through Starlette's
 request/response objects: it is the hot path, and every microsecond there is added to every cloud
-call (DESIGN §11). Everything else — health and admin — is an ordinary Starlette app.
+call. Everything else — health and admin — is an ordinary Starlette app.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The ``anthropic`` cloud provider: forwards bytes to an Anthropic-compatible API.
 
-Cloud turns must be faithful (DESIGN I3) and cheap (§11), so this provider never re-serialises: it
+Cloud turns must be faithful and cheap, so this provider never re-serialises: it
 sends the body bytes it is given with the client's headers, and hands back the upstream's response
 with its body still unread, so SSE can be relayed as it arrives.
 
@@ -159,7 +159,7 @@ def _retry_after(headers: Sequence[tuple[str, str]]) -> float | None:
 def classify(status: int, headers: Sequence[tuple[str, str]], body: bytes) -> ProviderError:
     """Map an upstream error response to the taxonomy, keeping status, headers and body verbatim.
 
-    Quota is matched on the message and details, not only on the status (protocols.md §1.7):
+    Quota is matched on the message and details, not only on the status, because the API signals it three ways:
     credit exhaustion is a 400, a spend limit a 429 with ``enforced_spend_limit_reached``, a
     subscription limit a 429 with ``anthropic-ratelimit-unified-status: rejected``.
     """

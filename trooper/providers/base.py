@@ -3,13 +3,13 @@
 Two shapes, because the two directions have different jobs:
 
 * a **cloud** provider (:class:`CloudProvider`) forwards a request as close to byte-for-byte as
-  possible and hands back the upstream's raw response, so cloud turns stay faithful (DESIGN I3) and
+  possible and hands back the upstream's raw response, so cloud turns stay faithful and
   cheap (no re-serialisation on the hot path);
 * a **local** provider (:class:`LocalProvider`) takes a neutral request — an Anthropic Messages body
   as a dict — and yields Anthropic stream events as dicts, whatever its own wire format is, so the
   engine can record the reply in the ledger before the final event and encode it for the client.
 
-Errors are typed (DESIGN §8): the engine maps them to state-machine events, and returns
+Errors are typed: the engine maps them to state-machine events, and returns
 :class:`AuthError` / :class:`BadRequest` to the client as they are — never masked by a fallback.
 """
 

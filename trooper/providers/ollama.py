@@ -1,9 +1,9 @@
 """The ``ollama`` local provider: an Anthropic Messages body in, Ollama's ``/api/chat``, Anthropic events out.
 
-Split the sans-IO way (DESIGN §3, like ``gidgethub/sansio.py`` vs. ``gidgethub/httpx.py``):
+Split the sans-IO way, like ``gidgethub/sansio.py`` under ``gidgethub/httpx.py``:
 
-* pure, synchronous mapping — :func:`to_ollama_request` (Anthropic body → Ollama body, per
-  protocols.md §6), :class:`EventTranslator` (Ollama chunks → the full Anthropic event grammar),
+* pure, synchronous mapping — :func:`to_ollama_request` (Anthropic body → Ollama body),
+  :class:`EventTranslator` (Ollama chunks → the full Anthropic event grammar),
   :class:`NDJSONDecoder`, :func:`classify` (error responses → the typed taxonomy) and
   :func:`context_length_from_show` — testable without a network or an event loop;
 * a thin async edge — :class:`OllamaProvider` — that owns the httpx client, the timeouts and nothing
@@ -13,7 +13,7 @@ Choices worth knowing:
 
 * Ollama's native API is used rather than its Anthropic-compatible ``/v1/messages`` because only the
   native one takes ``options.num_ctx`` per request; without it Ollama silently truncates the memory
-  Trooper budgeted for (DESIGN §7).
+  Trooper budgeted for.
 * Ollama reports token counts only in its final chunk, so ``message_start`` carries an estimate
   (characters / 4, images excluded) and ``message_delta`` the real cumulative counts
   (``prompt_eval_count`` / ``eval_count``), which every client takes as authoritative.
@@ -84,7 +84,7 @@ def to_ollama_request(
     num_ctx: int | None = None,
     keep_alive: str | int | None = None,
 ) -> JSON:
-    """The ``/api/chat`` body for an Anthropic Messages ``body`` (protocols.md §6).
+    """The ``/api/chat`` body for an Anthropic Messages ``body``.
 
     Fields with no Ollama equivalent (``tool_choice``, ``cache_control``, ``metadata``,
     ``context_management``, ``output_config``, ``service_tier``…) are dropped; Ollama would ignore
@@ -407,7 +407,7 @@ def _whole_body(body: bytes) -> list[JSON]:
 
 
 def stop_reason(done_reason: str | None, tool_calls: bool) -> str:
-    """Ollama says ``stop`` even when it called tools (protocols.md §2.2), so tools win.
+    """Ollama says ``stop`` even when it called tools, so tools win.
 
     It never says which stop sequence matched, so ``stop_sequence`` is not reported: ``end_turn``.
     """
@@ -664,7 +664,7 @@ def context_length_from_show(show: Mapping[str, Any]) -> int | None:
 def _make_client(
     base_url: str, connect_timeout: float, idle_timeout: float, transport: httpx.AsyncBaseTransport | None
 ) -> httpx.AsyncClient:
-    """httpx over aiohttp's pool (DESIGN §8). No read timeout here: waits are bounded per phase in
+    """httpx over aiohttp's pool, the faster of httpx's pools. No read timeout here: waits are bounded per phase in
     :class:`OllamaProvider` (first byte, then idle gaps), because one socket read timeout cannot
     tell a model loading for minutes from a stream that stalled."""
     timeout = httpx.Timeout(connect=connect_timeout, read=None, write=idle_timeout, pool=connect_timeout)

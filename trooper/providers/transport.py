@@ -1,17 +1,14 @@
 """How the cloud provider moves bytes: one small interface, three HTTP client stacks behind it.
 
-The cloud path is a relay, and at concurrency 1 on this machine every microsecond of client-object
-overhead is added to every call (DESIGN §11). Section 1b of ``bench/proxy_bench.py`` measures the
-three stacks as bare uvicorn relays in the same rounds. Two full runs on the 2-vCPU VM (Nov 2026,
-8 interleaved rounds, ~20 KB body, added p50 at c=1 over direct):
+The cloud path is a relay: every microsecond of client-object overhead is added to every cloud
+call, so the stack is a choice, measured side by side by section 1b of ``bench/proxy_bench.py``
+(figures in the README):
 
-* ``aiohttp`` — aiohttp's own ``ClientSession``: +0.34 / +0.47 ms, level with the reference bare
-  aiohttp relay (+0.35 / +0.42 ms). The default.
-* ``httpx-aiohttp`` — httpx's ``Request``/``Response`` over ``httpx_aiohttp.AiohttpTransport`` (the
-  pool DESIGN §8 chose over httpcore's): +0.48 / +0.63 ms. The extra 0.14–0.16 ms is httpx's
-  pure-Python URL, header and response objects; alone it reaches issue 2's 0.5 ms budget before
-  Trooper has done any work of its own, so it is no longer the default.
-* ``httpx`` — httpcore's pool: +0.78 / +0.95 ms, and a fifth of the others' throughput at c=16.
+* ``aiohttp`` — aiohttp's own ``ClientSession``, level with a bare aiohttp relay. The default.
+* ``httpx-aiohttp`` — httpx's ``Request``/``Response`` over ``httpx_aiohttp.AiohttpTransport``:
+  httpx's pure-Python URL, header and response objects cost a measurable share of the relay budget
+  before Trooper has done any work of its own, so it is not the default.
+* ``httpx`` — httpcore's pool: the slowest of the three, and far behind under concurrency.
 
 All three give the provider the same thing: :class:`~trooper.providers.base.UpstreamResponse`, the
 body unread, and the same errors (``Unreachable`` for anything that is not an HTTP answer).
