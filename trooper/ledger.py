@@ -664,7 +664,6 @@ def plan_cloud(
     dropped_uses: set[str] = set()
     withheld_results: set[str] = set()
     hits: list[str] = []
-    redact: set[tuple[int, int]] = set()
     unsent: set[int] = set()
     prompt_lost = False
     withheld_context = _local_context(body, messages, lineage, index, session) if protect_context else set()
@@ -682,6 +681,7 @@ def plan_cloud(
             continue
         survivors: list[Any] = []
         lost = context_lost = 0
+        rewritten = False
         for number, block in enumerate(blocks):
             path = f"messages.{position}.content.{number}"
             if number in step.local_blocks:
@@ -707,8 +707,10 @@ def plan_cloud(
                 continue
             if step.cls == "new" and scan.block_hit(block, _guard_scope(step, block)):
                 hits.append(f"messages.{position}.content.{number}")
-                redact.add((len(kept), len(survivors)))
                 if egress_action == "redact":
+                    # Here, not by position afterwards: repair and the notice move blocks about.
+                    block = _redacted(block)
+                    rewritten = True
                     unsent.add(position)
             survivors.append(block)
         withheld_blocks += lost + context_lost
@@ -725,6 +727,8 @@ def plan_cloud(
                 first_gap = len(kept)
             if survivors:
                 kept.append({**message, "content": survivors})
+        elif rewritten:
+            kept.append({**message, "content": survivors})
         else:
             kept.append(message)
     system, system_hits = _plan_system(system, scan, withheld_context)
@@ -737,7 +741,7 @@ def plan_cloud(
         if notice and withheld_turns:
             kept = _add_notice(kept, first_gap or 0, withheld_turns)
     if hits and egress_action == "redact":
-        kept, system = _redact(kept, system, redact, system_hits)
+        system = _redact_system(system, system_hits)
         changed = True
     if prompt_lost or not any(message.get("role") == "user" for message in kept):
         return Blocked(
@@ -900,36 +904,26 @@ def _add_notice(messages: list[JSON], at: int, turns: int) -> list[JSON]:
     return messages
 
 
-def _redact(
-    messages: list[JSON], system: Any, where: set[tuple[int, int]], system_hits: list[str]
-) -> tuple[list[JSON], Any]:
-    out: list[JSON] = []
-    for position, message in enumerate(messages):
-        blocks = content_blocks(message)
-        if not any((position, number) in where for number in range(len(blocks))):
-            out.append(message)
-            continue
-        replaced = []
-        for number, block in enumerate(blocks):
-            if (position, number) in where:
-                if block_type(block) == "tool_result":
-                    block = {"type": "tool_result", "tool_use_id": block.get("tool_use_id"), "content": REDACTED}
-                elif block_type(block) == "tool_use":
-                    block = {**block, "input": {}}
-                else:
-                    block = {"type": "text", "text": REDACTED}
-            replaced.append(block)
-        out.append({**message, "content": replaced})
-    if system_hits:
-        if isinstance(system, str):
-            system = REDACTED
-        elif isinstance(system, list):
-            numbers = {int(path.split(".")[1]) for path in system_hits if "." in path}
-            system = [
-                {"type": "text", "text": REDACTED} if number in numbers else block
-                for number, block in enumerate(system)
-            ]
-    return out, system
+def _redacted(block: Any) -> Any:
+    """``block`` with what the guard matched replaced, its shape kept (a tool call keeps its id)."""
+    if block_type(block) == "tool_result":
+        return {"type": "tool_result", "tool_use_id": block.get("tool_use_id"), "content": REDACTED}
+    if block_type(block) == "tool_use":
+        return {**block, "input": {}}
+    return {"type": "text", "text": REDACTED}
+
+
+def _redact_system(system: Any, system_hits: list[str]) -> Any:
+    if not system_hits:
+        return system
+    if isinstance(system, str):
+        return REDACTED
+    if isinstance(system, list):
+        numbers = {int(path.split(".")[1]) for path in system_hits if "." in path}
+        return [
+            {"type": "text", "text": REDACTED} if number in numbers else block for number, block in enumerate(system)
+        ]
+    return system
 
 
 __all__ = [
