@@ -21,12 +21,38 @@ provider's transport, as an ``httpx`` transport, or served on its own loop for s
 :class:`FakeClock` moves time by hand for tests of back-off and recovery.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from trooper.testing import fake_anthropic, fake_ollama
 from trooper.testing._runner import LoopbackServer
 from trooper.testing.fake_anthropic import FakeAnthropic
 from trooper.testing.fake_ollama import FakeOllama, unused_port_url
-from trooper.testing.harness import FakeClock, TrooperHarness
-from trooper.testing.inprocess import ASGITransport, HttpxASGITransport, InProcessServer
+
+if TYPE_CHECKING:
+    from trooper.testing.harness import FakeClock, TrooperHarness
+    from trooper.testing.inprocess import ASGITransport, HttpxASGITransport, InProcessServer
+
+#: Loaded on first use: the harness needs the ``anthropic`` SDK (a test dependency) and the whole
+#: engine, which ``trooper fake`` and ``trooper demo`` have no use for.
+_LAZY = {
+    "FakeClock": "trooper.testing.harness",
+    "TrooperHarness": "trooper.testing.harness",
+    "ASGITransport": "trooper.testing.inprocess",
+    "HttpxASGITransport": "trooper.testing.inprocess",
+    "InProcessServer": "trooper.testing.inprocess",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ASGITransport",
