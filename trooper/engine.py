@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any
 
-import attrs
 import orjson
 import structlog
 
@@ -47,7 +46,7 @@ from trooper.providers.base import (
 from trooper.recorder import Ledger, LedgerUnavailable, ledger_refusal
 from trooper.spans import warm_up
 from trooper.store.base import SessionStore, StoreUnavailable
-from trooper.wire import JSON, Incoming, Outgoing, TrooperError, error_response, new_request_id
+from trooper.wire import JSON, Incoming, Outgoing, TrooperError, error_response, stamped
 
 log = structlog.get_logger("trooper")
 
@@ -125,7 +124,14 @@ class Engine:
     # ------------------------------------------------------------------------------- dispatch
 
     async def handle(self, request: Incoming) -> Outgoing:
-        """Serve one API request; Trooper's own failures come back in Anthropic's error shape."""
+        """Serve one API request; Trooper's own failures come back in Anthropic's error shape.
+
+        Every response says which request it was and where it went (``x-trooper-request-id``,
+        ``x-trooper-route``), whatever answered it.
+        """
+        return stamped(await self._dispatch(request), request.request_id)
+
+    async def _dispatch(self, request: Incoming) -> Outgoing:
         try:
             if request.path == "/v1/messages" and request.method == "POST":
                 return await self.messages(request)
@@ -137,7 +143,7 @@ class Engine:
         except TrooperError as exc:
             return error_response(exc)
         except StoreUnavailable as exc:  # fail closed: nothing was sent that could not be checked
-            log.error("store_unavailable", path=request.path, error=str(exc))
+            log.error("store_unavailable", path=request.path, request_id=request.request_id, error=str(exc))
             return error_response(ledger_refusal(exc))
 
     def _read(self, request: Incoming) -> turn.Request:
@@ -150,13 +156,13 @@ class Engine:
             marker=self.config.locality.marker,
         )
 
-    def _facts(self, request: turn.Request, conversation: Conversation, health: Health) -> turn.Facts:
+    def _facts(self, request: turn.Request, conversation: Conversation, health: Health, request_id: str) -> turn.Facts:
         return turn.Facts(
             request,
             conversation,
             health if self.local is not None else Health.UP,
             self.clock(),
-            new_request_id(),
+            request_id,
             self.ledger.index,
             self.config.locality,
             self.local.model if self.local is not None else None,
@@ -195,7 +201,8 @@ class Engine:
                 health = await self.watch.health(key)
         held = Held(await self.store.lock(request.session, LOCK_TTL))
         try:
-            planned = turn.begin(self._facts(request, await self._load(request.session), health.status))
+            facts = self._facts(request, await self._load(request.session), health.status, incoming.request_id)
+            planned = turn.begin(facts)
             if planned.records:  # a state change is durable before the turn runs
                 await self.books.commit(planned.conversation, planned.records)
             started = time.perf_counter()
@@ -270,8 +277,8 @@ class Engine:
         session = planned.request.session
         held = Held(await self.store.lock(session, LOCK_TTL))
         try:
-            fresh = self._facts(planned.request, await self._load(session), health)
-            fallback = turn.fall_back(planned, attrs.evolve(fresh, request_id=planned.request_id), event)
+            fresh = self._facts(planned.request, await self._load(session), health, planned.request_id)
+            fallback = turn.fall_back(planned, fresh, event)
             await self.books.commit(fallback.conversation, fallback.records)
             assert isinstance(fallback.action, turn.LocalCall)
             headers = turn.trooper_headers(fallback)
@@ -287,39 +294,45 @@ class Engine:
         """Counted by the cloud on the filtered payload; estimated here when the cloud cannot or may not."""
         request = self._read(incoming)
         await self._refresh()
-        facts = self._facts(request, await self._load(request.session), Health.UP)
+        conversation = await self._load(request.session)
+        facts = self._facts(request, conversation, Health.UP, incoming.request_id)
+        known = [("x-trooper-session", conversation.id), ("x-trooper-state", conversation.state)]
         if turn.count_estimated(facts):
-            return self._estimate_tokens(request.body)
+            return self._estimate_tokens(request.body, [*known, ("x-trooper-reason", "local")])
         call = turn.cloud_call(request, turn.LazyLineage(facts), self.ledger.index, self.config.locality)
         if isinstance(call, turn.Refuse):
-            return self._estimate_tokens(request.body)
+            return self._estimate_tokens(request.body, [*known, ("x-trooper-reason", "guarded")])
         upstream = UpstreamRequest(request.method, request.path, request.query, request.headers, call.payload)
+        cloud = [("x-trooper-route", "cloud"), *known, ("x-trooper-reason", "default")]
         try:
             response = await self.cloud.send(upstream)
-        except (QuotaExhausted, Unreachable, Overloaded):
-            return self._estimate_tokens(request.body)
+        except (QuotaExhausted, Unreachable, Overloaded) as exc:
+            reason = "quota" if isinstance(exc, QuotaExhausted) else "offline"
+            return self._estimate_tokens(request.body, [*known, ("x-trooper-reason", reason)])
         except ProviderError as exc:
-            return relay.provider_error(exc, [])
+            return relay.provider_error(exc, cloud)
         data = await response.aread()
         await response.aclose()
-        return Outgoing(response.status, relay.forwardable(response.headers), data)
+        return Outgoing(response.status, relay.forwardable(response.headers) + cloud, data)
 
-    def _estimate_tokens(self, body: JSON) -> Outgoing:
+    def _estimate_tokens(self, body: JSON, headers: list[tuple[str, str]]) -> Outgoing:
+        """Trooper's own count, when the cloud may not see the request or cannot answer."""
         tokens = self.memory.estimate_request(body)
         return Outgoing(
             200,
-            [("content-type", "application/json"), ("x-trooper-estimate", "true")],
+            [("content-type", "application/json"), ("x-trooper-estimate", "true"), *headers],
             orjson.dumps({"input_tokens": tokens}),
         )
 
     async def forward(self, request: Incoming) -> Outgoing:
         """Pass a request through unchanged (``GET /v1/models``)."""
         upstream = UpstreamRequest(request.method, request.path, request.query, request.headers, request.body)
+        headers = [("x-trooper-route", "cloud")]
         try:
             response = await self.cloud.send(upstream)
         except ProviderError as exc:
-            return relay.provider_error(exc, [])
-        return Outgoing(response.status, relay.forwardable(response.headers), stream=relay.relay(response))
+            return relay.provider_error(exc, headers)
+        return Outgoing(response.status, relay.forwardable(response.headers) + headers, stream=relay.relay(response))
 
     async def create(
         self, body: Mapping[str, Any], headers: Mapping[str, str] | None = None

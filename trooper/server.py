@@ -12,7 +12,7 @@ import contextlib
 import functools
 import hmac
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from email.utils import formatdate
 from typing import Any
 
@@ -27,7 +27,7 @@ from starlette.routing import Route
 from trooper._version import __version__
 from trooper.config import Config
 from trooper.engine import Engine
-from trooper.wire import Incoming, Outgoing, TrooperError, error_body
+from trooper.wire import ANSWERED_BY_TROOPER, Incoming, Outgoing, TrooperError, error_body, new_request_id
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -154,19 +154,24 @@ class TrooperApp:
     async def _api(self, scope: Scope, receive: Receive, send: Send) -> None:
         engine = self.engine
         assert engine is not None, "lifespan did not run"
+        request_id = new_request_id()
+        # Trooper's own answer before or outside a turn: which request, and that nothing was sent.
+        own = [
+            *_JSON_HEADERS,
+            (b"x-trooper-route", ANSWERED_BY_TROOPER.encode()),
+            (b"x-trooper-request-id", request_id.encode()),
+        ]
         try:
             body = await self._read_body(scope, receive)
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
-            request = Incoming(scope["method"], scope["path"], scope["query_string"].decode("latin-1"), headers, body)
-            reply = await engine.handle(request)
+            query = scope["query_string"].decode("latin-1")
+            reply = await engine.handle(Incoming(scope["method"], scope["path"], query, headers, body, request_id))
         except TrooperError as exc:
-            await _send_whole(send, exc.status, _JSON_HEADERS, exc.body())
+            await _send_whole(send, exc.status, [*own, *_encoded(exc.headers.items())], exc.body())
             return
         except Exception:
-            log.exception("internal_error", path=scope["path"])
-            await _send_whole(
-                send, 500, _JSON_HEADERS, error_body("api_error", "Trooper hit an internal error; see its log")
-            )
+            log.exception("internal_error", path=scope["path"], request_id=request_id)
+            await _send_whole(send, 500, own, error_body("api_error", "Trooper hit an internal error; see its log"))
             return
         await _send_reply(send, receive, reply)
 
@@ -287,8 +292,12 @@ async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+def _encoded(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
 async def _send_reply(send: Send, receive: Receive, reply: Outgoing) -> None:
-    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+    headers = _encoded(reply.headers)
     if reply.stream is None:
         headers = [h for h in headers if h[0] != b"content-length"]
         await _send_whole(send, reply.status, headers, reply.body)

@@ -19,7 +19,7 @@ from trooper.wire.errors import (
     new_request_id,
     new_tool_use_id,
 )
-from trooper.wire.exchange import Incoming, Outgoing, error_response
+from trooper.wire.exchange import ANSWERED_BY_TROOPER, Incoming, Outgoing, error_response, stamped
 from trooper.wire.messages import (
     answered_tool_calls,
     block_type,
@@ -33,6 +33,7 @@ from trooper.wire.request import HOP_BY_HOP, MESSAGE_ROLES, LowerHeaders, header
 from trooper.wire.sse import MessageAccumulator, SSEDecoder, block_events, encode_sse, message_events
 
 __all__ = [
+    "ANSWERED_BY_TROOPER",
     "ERROR_STATUS",
     "HOP_BY_HOP",
     "JSON",
@@ -61,6 +62,7 @@ __all__ = [
     "new_request_id",
     "new_tool_use_id",
     "parse_body",
+    "stamped",
     "tool_result_id",
     "tool_use_id",
     "validate_messages",
