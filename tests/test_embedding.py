@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import orjson
 
@@ -57,3 +61,26 @@ def test_engine_without_http(fake_cloud: FakeAnthropic, fake_local: FakeOllama) 
     asyncio.run(scenario())
     assert secret.encode() not in fake_cloud.received_bytes()
     assert len(fake_cloud.requests) == 2
+
+
+def test_the_readme_embedding_snippet_runs_and_closes_cleanly(
+    fake_cloud: FakeAnthropic, fake_local: FakeOllama, tmp_path: Path
+) -> None:
+    """The README's snippet as written, pointed at the fakes: it prints a local answer, and leaves no
+    unclosed client session or socket behind (Python's development mode reports both)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Embedding", 1)[1].split("\n## ", 1)[0]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    for public, fake in (("https://api.anthropic.com", fake_cloud.url), ("http://127.0.0.1:11434", fake_local.url)):
+        assert public in snippet
+        snippet = snippet.replace(public, fake)
+    (tmp_path / "snippet.py").write_text(snippet, encoding="utf-8")
+    fake_local.enqueue(local_script.Reply(text="kept on this machine"))
+    env = {**os.environ, "ANTHROPIC_API_KEY": "sk-ant-test-0000", "PYTHONDEVMODE": "1"}
+    done = subprocess.run(
+        [sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "200 local kept on this machine"
+    assert "Unclosed" not in done.stderr and "ResourceWarning" not in done.stderr, done.stderr
+    assert fake_cloud.requests == []
