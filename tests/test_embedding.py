@@ -81,6 +81,6 @@ def test_the_readme_embedding_snippet_runs_and_closes_cleanly(
         [sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "200 local kept on this machine"
+    assert "200 local kept on this machine" in done.stdout.splitlines()
     assert "Unclosed" not in done.stderr and "ResourceWarning" not in done.stderr, done.stderr
     assert fake_cloud.requests == []
