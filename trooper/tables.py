@@ -112,8 +112,25 @@ def _print_blocks(console: Console, title: str, columns: Sequence[Column], rows:
             for i in range(len(columns))
             if i not in lead and _text(row[i]).plain
         ]
-        if rest:
-            console.print(Text("    ") + Text(" · ").join(rest))
+        for line in _pack(rest, console.width, indent="    ", separator=" · "):
+            console.print(line)
+
+
+def _pack(pairs: Sequence[Text], width: int, *, indent: str, separator: str) -> list[Text]:
+    """``pairs`` on as few indented lines as fit ``width``, broken between pairs, never inside one."""
+    lines: list[Text] = []
+    line = Text(indent)
+    for pair in pairs:
+        joined = len(line) + len(separator) + len(pair)
+        if len(line) > len(indent) and joined > width:
+            lines.append(line)
+            line = Text(indent)
+        if len(line) > len(indent):
+            line.append(separator)
+        line.append_text(pair)
+    if len(line) > len(indent):
+        lines.append(line)
+    return lines
 
 
 def when(at: float | None) -> str:
