@@ -135,7 +135,8 @@ def test_a_block_row_breaks_between_fields_never_inside_one() -> None:
     columns = [Column("time"), Column("event"), Column("from"), Column("to"), Column("reason"), Column("id", keep=True)]
     row = ["2026-12-01 23:40:20", "cloud_recovered", "quota_exhausted", "cloud", "recovered", "req_01fH8z6iMlCaLSHTqQzj5nhl"]
     print_table(console, "transitions", columns, [row])
-    lines = console.export_text().splitlines()
+    text = console.export_text()
+    lines = text.splitlines()
     assert all(len(line) <= 80 for line in lines)
     assert not any(line.rstrip().endswith(":") for line in lines)  # a label stays with its value
-    assert "reason: recovered" in console.export_text()
+    assert "reason: recovered" in text
