@@ -133,6 +133,9 @@ class ServerConfig:
     #: ``trooper serve`` refuses the in-memory store, which loses the provenance ledger on restart,
     #: unless this acknowledges it (``--ephemeral``).
     ephemeral: bool = False
+    #: Processes serving the port (``--workers``); they share the store — SQLite or Redis — and with
+    #: it the ledger, the cloud's health and the per-conversation lock.
+    workers: int = attrs.field(default=1, validator=_positive)
 
 
 @attrs.frozen
