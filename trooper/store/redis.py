@@ -249,17 +249,16 @@ class RedisStore:
             }
         return self._redis
 
-    async def _call(self, work: Callable[[Any], Awaitable[T]], what: str) -> T:
+    async def _call(self, work: Callable[[Any], Awaitable[T]], what: str, *, seconds: float | None = None) -> T:
         """Run one exchange with Redis within the timeout; any failure is :class:`StoreUnavailable`."""
         from redis.exceptions import RedisError
 
+        seconds = seconds or self.timeout
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(seconds):
                 return await work(self._client())
         except TimeoutError:
-            raise StoreUnavailable(
-                f"Redis at {self.location} did not answer within {self.timeout:g} s ({what})"
-            ) from None
+            raise StoreUnavailable(f"Redis at {self.location} did not answer within {seconds:g} s ({what})") from None
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis at {self.location} failed ({what}: {_reason(exc)})") from None
 
@@ -345,13 +344,9 @@ class RedisStore:
                     audit_removed += max(0, length - max_audit_per_session)
             return {"sessions": sessions, "audit": audit_removed}
 
-        # Retention touches every conversation: give it more time than a turn's calls get.
+        # Retention touches every conversation: it gets more time than a turn's calls.
         self._forget("conversation")
-        timeout, self.timeout = self.timeout, max(self.timeout, 60.0)
-        try:
-            return await self._call(work, "prune")
-        finally:
-            self.timeout = timeout
+        return await self._call(work, "prune", seconds=max(self.timeout, 60.0))
 
     # ------------------------------------------------------------------------------ the ledger
 
