@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,3 +139,73 @@ def test_an_acknowledged_ledger_append_survives_kill_9_of_redis(redis_server: Re
     asyncio.run(append())
     redis_server.restart()
     assert asyncio.run(read()) == [record]
+
+
+class TrooperProcess:
+    """``trooper serve`` as its own process, on a given store (an SQLite path or a Redis URL)."""
+
+    def __init__(self, cloud_url: str, local_url: str, store: str, workdir: Path, **settings: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "TROOPER_PORT": str(self.port),
+            "TROOPER_STORE": store,
+            "TROOPER_ANTHROPIC_BASE_URL": cloud_url,
+            "TROOPER_OLLAMA_BASE_URL": local_url,
+            "TROOPER_OLLAMA_MODEL": "qwen3",
+            "TROOPER_OLLAMA_CONTEXT_LENGTH": "32768",
+            "TROOPER_CONFIG": str(workdir / "absent.toml"),
+            **{f"TROOPER_{name.upper()}": value for name, value in settings.items()},
+        }
+        self.log = workdir / f"trooper-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def spawn(self) -> TrooperProcess:
+        """Start the process without waiting for it (:meth:`wait` or :meth:`ready` then)."""
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "trooper", "serve"], env=self.env, stdout=log, stderr=log
+            )
+        return self
+
+    def ready(self, timeout: float = 0.2) -> bool:
+        import httpx
+
+        if self.process is None or self.process.poll() is not None:
+            return False
+        try:
+            return httpx.get(f"{self.url}/", timeout=timeout).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait(self) -> TrooperProcess:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise RuntimeError(f"trooper serve ended: {self.log.read_text()[-2000:]}")
+            if self.ready(1.0):
+                return self
+            time.sleep(0.02)
+        raise RuntimeError("trooper serve did not start")
+
+    def start(self) -> TrooperProcess:
+        return self.spawn().wait()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def restart(self) -> TrooperProcess:
+        self.kill()
+        return self.start()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
