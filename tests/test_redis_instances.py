@@ -17,6 +17,7 @@ The processes are started once for the module: each start costs a second or two.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -25,8 +26,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from tests.privacy_kit import canary, leaked
+from tests.privacy_kit import canary, leaked, reformat
 from tests.test_redis_server import RedisServer, TrooperProcess
 from trooper.testing import FakeAnthropic, FakeOllama
 from trooper.testing import fake_anthropic as cloud_script
@@ -249,7 +253,7 @@ def test_redis_hung_down_or_flapping_refuses_in_time_and_sends_nothing_unchecked
     flapper = threading.Thread(target=flap)
     flapper.start()
     try:
-        for n in range(8):
+        for n in range(6):
             started = time.monotonic()
             reply = post((a, b)[n % 2], "outage", [*history, {"role": "user", "content": f"flap {n}"}])
             slowest = max(slowest, time.monotonic() - started)
@@ -269,3 +273,113 @@ def test_the_password_never_reached_a_log(cluster: Cluster) -> None:
     served, failed over outages and restarted, and logged all of it."""
     for instance in cluster.instances:
         assert PASSWORD not in instance.log.read_text()
+
+
+# ------------------------------------------------------------------ the privacy machine across processes
+
+
+class ProcessPrivacyMachine(RuleBasedStateMachine):
+    """One conversation whose requests a load balancer spreads over the cluster's instances, while
+    instances are killed (mid-stream too) and Redis restarts from its append-only file.
+
+    Safety after every step: no canary of a local turn in anything the cloud received. Liveness after
+    every cloud turn: the cloud received that turn's prompt and the cloud history before it.
+    """
+
+    cluster: Cluster
+    cloud: FakeAnthropic
+    local: FakeOllama
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.session = "m-" + canary("")[6:]
+        self.history: list[dict[str, Any]] = []
+        self.cloud_texts: list[str] = []
+        self.secrets: list[str] = []
+        self.cloud_turn(0)
+
+    def pick(self, index: int) -> TrooperProcess:
+        """The instance ``index`` if it is up, else the next one that is (a load balancer's choice)."""
+        for step in range(len(self.cluster.instances)):
+            instance = self.cluster.instances[(index + step) % len(self.cluster.instances)]
+            if instance.ready():
+                return instance
+        return self.cluster[index % len(self.cluster.instances)]
+
+    @rule(index=st.integers(0, 2))
+    def cloud_turn(self, index: int) -> None:
+        prompt, answer = f"cloud question {canary('PC')}", f"cloud answer {canary('PA')}"
+        self.history.append({"role": "user", "content": prompt})
+        self.cloud.enqueue(cloud_script.text(answer))
+        reply = post(self.pick(index), self.session, self.history)
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["x-trooper-route"] == "cloud"
+        received = orjson.dumps(self.cloud.last_json("/v1/messages")).decode()
+        for text in [*self.cloud_texts[-2:], prompt]:
+            assert text.split()[-1] in received, "cloud content did not reach the cloud"
+        self.cloud_texts += [prompt, answer]
+        self.history.append({"role": "assistant", "content": reply.json()["content"]})
+
+    @rule(index=st.integers(0, 2), stream=st.booleans())
+    def local_turn(self, index: int, stream: bool) -> None:
+        prompt, answer = canary("LP"), canary("LA")
+        self.secrets += [prompt, answer]
+        self.local.enqueue(local_script.Reply(text=f"local answer {answer}"))
+        self.history.append({"role": "user", "content": f"::local {prompt}"})
+        if stream:
+            text = _stream_some(self.pick(index), self.session, self.history, deltas=1000)
+            self.history.append({"role": "assistant", "content": text})
+        else:
+            reply = post(self.pick(index), self.session, self.history)
+            assert reply.headers["x-trooper-route"] == "local"
+            self.history.append({"role": "assistant", "content": reply.json()["content"]})
+
+    @rule(index=st.integers(0, 2), deltas=st.integers(1, 4), kill=st.booleans())
+    def cut_local_stream(self, index: int, deltas: int, kill: bool) -> None:
+        """The client hangs up mid-stream, or the instance serving it is killed (``kill -9``)."""
+        words = [canary("CW") for _ in range(8)]
+        self.local.enqueue(local_script.Reply(text=" ".join(words), delay=0.02))
+        self.history.append({"role": "user", "content": f"::local tell me {canary('CP')}"})
+        self.secrets.append(self.history[-1]["content"].split()[-1])
+        instance = self.pick(index)
+        partial = _stream_some(instance, self.session, self.history, deltas=deltas)
+        if kill:
+            instance.kill()
+            instance.spawn()  # it comes back while the others serve
+        self.secrets += [word for word in words if word in partial]
+        self.history += [
+            {"role": "assistant", "content": partial or "..."},
+            {"role": "user", "content": "[Request interrupted by user]"},
+        ]
+        self.cloud_turn(index + 1)
+
+    @rule()
+    def redis_restarts(self) -> None:
+        self.cluster.redis.restart()
+
+    @rule(kind=st.sampled_from(["blocks", "whitespace", "smart_quotes", "split_text"]), seed=st.integers(0, 99))
+    def reformat_history(self, kind: str, seed: int) -> None:
+        self.history = reformat(self.history, kind, random.Random(seed))
+
+    @invariant()
+    def no_local_content_reached_the_cloud(self) -> None:
+        assert leaked(self.cloud, self.secrets) == []
+
+
+def test_the_privacy_machine_holds_across_instances_kills_and_redis_restarts(
+    cluster: Cluster, fake_cloud: FakeAnthropic, fake_local: FakeOllama
+) -> None:
+    ProcessPrivacyMachine.cluster, ProcessPrivacyMachine.cloud, ProcessPrivacyMachine.local = (
+        cluster,
+        fake_cloud,
+        fake_local,
+    )
+    run_state_machine_as_test(
+        ProcessPrivacyMachine,
+        settings=settings(
+            max_examples=2,
+            stateful_step_count=8,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        ),
+    )
