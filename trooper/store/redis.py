@@ -95,6 +95,15 @@ _UNLOCK: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# A conversation (if given) and its audit records, at once: ARGV = at, session, conversation or '', rows...
+_WRITE: Final = """
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[3])
+  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+end
+if #ARGV > 3 then redis.call('RPUSH', KEYS[3], unpack(ARGV, 4)) end
+return 1
+"""
 # Drop a conversation only if it was not updated since it was chosen for pruning.
 _PRUNE: Final = """
 local updated = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -179,6 +188,7 @@ class RedisStore:
         self._redis: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._guard: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
         self._scripts: dict[str, Any] = {}
         self._locks = ProcessLocks()
         #: Upstream keys whose health the engine asked for, most recent last.
@@ -245,7 +255,13 @@ class RedisStore:
             self._guard = loop.create_task(_close_at_end(self._redis))
             self._scripts = {
                 name: self._redis.register_script(source)
-                for name, source in (("lock", _LOCK), ("renew", _RENEW), ("unlock", _UNLOCK), ("prune", _PRUNE))
+                for name, source in (
+                    ("lock", _LOCK),
+                    ("renew", _RENEW),
+                    ("unlock", _UNLOCK),
+                    ("write", _WRITE),
+                    ("prune", _PRUNE),
+                )
             }
         return self._redis
 
@@ -287,19 +303,16 @@ class RedisStore:
     async def write(
         self, session: str, at: float, conversation: dict[str, Any] | None, audit: Sequence[tuple[str, dict[str, Any]]]
     ) -> None:
-        """The conversation and its audit records in one transaction (``MULTI``/``EXEC``)."""
+        """The conversation and its audit records at once (one script: Redis runs it atomically)."""
         if conversation is None and not audit:
             return
         rows = [orjson.dumps({"at": data.get("at", at), "kind": kind, **data}) for kind, data in audit]
 
+        keys = [self._key("conv", session), self._key("conversations"), self._key("audit", session)]
+        blob = orjson.dumps(conversation) if conversation is not None else b""
+
         async def work(r: Any) -> None:
-            pipe = r.pipeline(transaction=True)
-            if conversation is not None:
-                pipe.set(self._key("conv", session), orjson.dumps(conversation))
-                pipe.zadd(self._key("conversations"), {session: at})
-            if rows:
-                pipe.rpush(self._key("audit", session), *rows)
-            await pipe.execute()
+            await self._scripts["write"](keys=keys, args=[repr(float(at)), session, blob, *rows])
 
         if conversation is not None:
             self._forget("conversation", session)
@@ -459,6 +472,12 @@ class RedisStore:
     async def _unlock(self, key: str, token: str) -> None:
         await self._call(lambda r: self._scripts["unlock"](keys=[key], args=[token]), "unlock")
 
+    def _later(self, work: Awaitable[None]) -> None:
+        """Work the caller need not wait for; :meth:`close` does."""
+        task = asyncio.ensure_future(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
     # ------------------------------------------------------------------------------ the server
 
     async def info(self) -> dict[str, Any]:
@@ -483,6 +502,8 @@ class RedisStore:
         return await self._call(work, "read the server's settings")
 
     async def close(self) -> None:
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
         client, self._redis = self._redis, None
         loop, self._loop = self._loop, None
         guard, self._guard = self._guard, None
@@ -517,11 +538,17 @@ class _RedisLease:
                 continue
 
     async def release(self) -> None:
-        """Never raises: a lock that cannot be released lapses on its own."""
+        """Give the lock back without keeping the caller waiting for Redis (a cloud turn releases it just
+        before its cloud call). This process's next turn of the conversation still waits for the
+        release to land; another instance sees the lock held a round trip longer. Never raises: a
+        lock that cannot be released lapses on its own."""
         local, self._local = self._local, None
         if local is None:
             return
         self._renewer.cancel()
+        self._store._later(self._unlock(local))
+
+    async def _unlock(self, local: Lease) -> None:
         try:
             await self._store._unlock(self._key, self._token)
         except StoreUnavailable as exc:
