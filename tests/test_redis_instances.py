@@ -363,9 +363,13 @@ class ProcessPrivacyMachine(RuleBasedStateMachine):
 
     @invariant()
     def no_local_content_reached_the_cloud(self) -> None:
-        assert leaked(self.cloud, self.secrets) == []
+        # Each canary is new when it is planted, so only requests sent since the last look can hold it.
+        checked = getattr(self, "checked", 0)
+        assert leaked(self.cloud, self.secrets, skip=range(checked)) == []
+        self.checked = len(self.cloud.requests)
 
 
+@pytest.mark.timeout(300)
 def test_the_privacy_machine_holds_across_instances_kills_and_redis_restarts(
     cluster: Cluster, fake_cloud: FakeAnthropic, fake_local: FakeOllama
 ) -> None:
