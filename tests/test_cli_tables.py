@@ -133,7 +133,14 @@ def test_a_table_too_wide_for_a_rule_becomes_blocks_without_cutting_ids() -> Non
 def test_a_block_row_breaks_between_fields_never_inside_one() -> None:
     console = Console(width=80, record=True, color_system=None)
     columns = [Column("time"), Column("event"), Column("from"), Column("to"), Column("reason"), Column("id", keep=True)]
-    row = ["2026-12-01 23:40:20", "cloud_recovered", "quota_exhausted", "cloud", "recovered", "req_01fH8z6iMlCaLSHTqQzj5nhl"]
+    row = [
+        "2026-12-01 23:40:20",
+        "cloud_recovered",
+        "quota_exhausted",
+        "cloud",
+        "recovered",
+        "req_01fH8z6iMlCaLSHTqQzj5nhl",
+    ]
     print_table(console, "transitions", columns, [row])
     text = console.export_text()
     lines = text.splitlines()

@@ -54,7 +54,15 @@ def main() -> None:
     default=None,
     help="Allow TROOPER_STORE=memory, which loses the privacy ledger on restart (server.ephemeral).",
 )
-def serve(config_path: str | None, host: str | None, port: int | None, ephemeral: bool | None) -> None:
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Processes serving the port; they share the store (SQLite or Redis) (server.workers).",
+)
+def serve(
+    config_path: str | None, host: str | None, port: int | None, ephemeral: bool | None, workers: int | None
+) -> None:
     """Run the proxy. Point ANTHROPIC_BASE_URL at it.
 
     It binds its port first (a busy port is one line and exit 2), then says whether the cloud, Ollama
@@ -63,12 +71,10 @@ def serve(config_path: str | None, host: str | None, port: int | None, ephemeral
     config = _config(config_path)
 
     import attrs
-    import uvicorn
 
     from trooper.audit import configure_logging
-    from trooper.engine import Engine
-    from trooper.server import UVICORN_OPTIONS, create_app
-    from trooper.startup import bind, bind_error, refusal, report_when_started
+    from trooper.config import store_location
+    from trooper.startup import bind, bind_error, refusal, supervise
 
     try:
         server_config = attrs.evolve(
@@ -76,6 +82,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, ephemeral
             host=host or config.server.host,
             port=config.server.port if port is None else port,
             ephemeral=config.server.ephemeral if ephemeral is None else ephemeral,
+            workers=config.server.workers if workers is None else workers,
         )
     except SettingError as exc:
         _fail(f"bad setting server.{exc.field} (from --{exc.field}): {exc.reason}")
@@ -88,22 +95,64 @@ def serve(config_path: str | None, host: str | None, port: int | None, ephemeral
         sock = bind(config.server.host, config.server.port)
     except OSError as exc:
         _fail(f"cannot listen on {config.server.host}:{config.server.port}: {bind_error(exc)}")
+    count = config.server.workers
+    engine = None
     try:
-        engine = Engine.from_config(config)
+        if count == 1:
+            engine = _engine(config)
+        else:
+            _check_store(config)  # before any fork: a store that cannot be opened is one line, once
     except ConfigError as exc:
         sock.close()
         _fail(str(exc))
     except OSError as exc:
         sock.close()
-        _fail(f"cannot open the store at {config.store.path}: {exc}")
+        _fail(f"cannot open the store at {store_location(config.store.path)}: {exc}")
     bound_port = sock.getsockname()[1]
     url_host = f"[{config.server.host}]" if ":" in config.server.host else config.server.host
     click.echo(
         f"trooper {__version__} listening on http://{url_host}:{bound_port} "
         f"(cloud: {config.anthropic.base_url}, local: {config.ollama.model} at {config.ollama.base_url}, "
-        f"store: {config.store.path})",
+        f"store: {store_location(config.store.path)}" + (f", {count} workers" if count > 1 else "") + ")",
         err=True,
     )
+    if engine is not None:
+        code = _run_server(config, engine, sock, report=True)
+    else:
+
+        def worker(index: int, first: bool) -> int:
+            return _run_server(config, _engine(config), sock, report=first and index == 0)
+
+        code = supervise(count, worker, lambda line: click.echo(line, err=True))
+    sock.close()
+    if code:
+        sys.exit(code)
+
+
+def _engine(config: Config) -> Any:
+    from trooper.engine import Engine
+    from trooper.store import configured
+
+    with configured(config.store):
+        return Engine.from_config(config)
+
+
+def _check_store(config: Config) -> None:
+    import asyncio
+
+    from trooper.store import open_store
+
+    store = open_store(config.store)
+    asyncio.run(store.close())
+
+
+def _run_server(config: Config, engine: Any, sock: Any, *, report: bool) -> int:
+    """Serve ``engine`` on the bound ``sock`` until stopped; 3 if the app failed its start-up."""
+    import uvicorn
+
+    from trooper.server import UVICORN_OPTIONS, create_app
+    from trooper.startup import report_when_started
+
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config, engine, owns_engine=True),
@@ -115,17 +164,15 @@ def serve(config_path: str | None, host: str | None, port: int | None, ephemeral
             **UVICORN_OPTIONS,
         )
     )
-    report_when_started(
-        config, lambda: server.started, lambda: server.should_exit, lambda line: click.echo(line, err=True)
-    )
-    try:
+    if report:
+        report_when_started(
+            config, lambda: server.started, lambda: server.should_exit, lambda line: click.echo(line, err=True)
+        )
+    import contextlib
+
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn shut down cleanly, then re-raised the Ctrl-C
         server.run(sockets=[sock])
-    except KeyboardInterrupt:
-        pass  # uvicorn shut down cleanly, then re-raised the Ctrl-C it had caught
-    finally:
-        sock.close()
-    if not server.started:
-        sys.exit(3)  # the app failed its start-up; uvicorn logged why
+    return 0 if server.started else 3  # 3: the app failed its start-up; uvicorn logged why
 
 
 @main.command()
@@ -158,7 +205,7 @@ def graph(fmt: str, directory: str | None, session: str | None, config_path: str
         from trooper.conversation import conversation_from_dict
         from trooper.store import SyncStore, open_store
 
-        store = SyncStore(open_store(_config(config_path).store.path))
+        store = SyncStore(open_store(_config(config_path).store))
         data = store.load_conversation(session)
         store.close()
         if data is None:
@@ -171,10 +218,12 @@ def _open_store(config_path: str | None) -> Any:
     from trooper.store import SyncStore, open_store
 
     config = _config(config_path)
+    from trooper.config import store_location
+
     try:
-        return SyncStore(open_store(config.store.path))
+        return SyncStore(open_store(config.store))
     except OSError as exc:
-        _fail(f"cannot open the store at {config.store.path}: {exc}")
+        _fail(f"cannot open the store at {store_location(config.store.path)}: {exc}")
 
 
 @main.command()

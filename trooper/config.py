@@ -133,6 +133,9 @@ class ServerConfig:
     #: ``trooper serve`` refuses the in-memory store, which loses the provenance ledger on restart,
     #: unless this acknowledges it (``--ephemeral``).
     ephemeral: bool = False
+    #: Processes serving the port (``--workers``); they share the store — SQLite or Redis — and with
+    #: it the ledger, the cloud's health and the per-conversation lock.
+    workers: int = attrs.field(default=1, validator=_positive)
 
 
 @attrs.frozen
@@ -197,8 +200,21 @@ class LocalityConfig:
 
 @attrs.frozen
 class StoreConfig:
-    #: ``memory`` or a path to an SQLite file (the default lives in the user's data directory).
+    #: ``memory``, a path to an SQLite file (the default lives in the user's data directory), or a
+    #: Redis URL (``redis://host:port/db``, ``rediss://`` for TLS) that several instances share.
     path: str = attrs.field(factory=lambda: str(default_store_path()), validator=_not_empty)
+    #: The Redis password when the URL has none (better from the environment than from a file). It is
+    #: never logged or shown: messages name the server without it.
+    redis_password: str | None = attrs.field(default=None, repr=False)
+    #: Longest wait, in seconds, for any one Redis call (connecting included). A call that takes longer
+    #: refuses its turn with a 503 rather than hang it.
+    redis_timeout: float = attrs.field(default=2.0, validator=_positive)
+    #: How long, in seconds, a conversation's lock in Redis outlives an instance that died holding it. A
+    #: live holder renews it, so a long local reply keeps it.
+    lock_ttl: float = attrs.field(default=30.0, validator=_positive)
+    #: Make each ledger append wait until Redis has synced it to its append-only file (``WAITAOF``,
+    #: Redis 7.2 and later): acknowledged records then survive a power loss with ``appendfsync everysec``.
+    redis_wait_aof: bool = False
 
 
 @attrs.frozen
@@ -252,6 +268,7 @@ ENV_ALIASES: Final[Mapping[str, tuple[str, str]]] = {
     "TROOPER_MAX_BODY_BYTES": ("server", "max_body_bytes"),
     "TROOPER_LOCAL_MARKER": ("locality", "marker"),
     "TROOPER_ADMIN_TOKEN": ("server", "admin_token"),
+    "TROOPER_REDIS_PASSWORD": ("store", "redis_password"),
 }
 
 #: ``TROOPER_*`` variables that are not settings and must not be mistaken for misspelt ones.
@@ -525,4 +542,20 @@ def redacted(config: Config) -> dict[str, Any]:
         data["anthropic"]["api_key"] = "***"
     if data["server"].get("admin_token"):
         data["server"]["admin_token"] = "***"
+    if data["store"].get("redis_password"):
+        data["store"]["redis_password"] = "***"
+    data["store"]["path"] = store_location(data["store"]["path"])
     return data
+
+
+def store_location(path: str) -> str:
+    """``store.path`` as it may be shown: a Redis URL without its user and password."""
+    if not path.startswith(("redis://", "rediss://")):
+        return path
+    parts = urlsplit(path)
+    if parts.password is None and parts.username is None:
+        return path
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://***@{host}{port}{parts.path}"

@@ -26,7 +26,7 @@ class Check:
 
 async def diagnose(config: Config, *, seconds: float = 5.0) -> list[Check]:
     """Every check ``trooper doctor`` shows: configuration, store, cloud, local provider, local model."""
-    checks = [Check("configuration", True, "valid"), await _store(config)]
+    checks = [Check("configuration", True, "valid"), *await _store(config)]
     checks.extend(await upstream_checks(config, seconds=seconds))
     return checks
 
@@ -41,16 +41,90 @@ async def upstream_checks(config: Config, *, seconds: float = 5.0) -> list[Check
     return [cloud, *local]
 
 
-async def _store(config: Config) -> Check:
-    from trooper.store import open_store
+async def _store(config: Config) -> list[Check]:
+    from trooper.config import store_location
+    from trooper.store import RedisStore, open_store
 
+    where = store_location(config.store.path)
     try:
-        store = open_store(config.store.path)
-        count = len(await store.list_conversations(100_000))
-        await store.close()
-    except Exception as exc:  # any failure to open the store is the finding
-        return Check("store", False, f"{config.store.path}: {exc}")
-    return Check("store", True, f"{config.store.path} ({count} conversations)")
+        store = open_store(config.store)
+        try:
+            count = len(await store.list_conversations(100_000))
+            info = await store.info() if isinstance(store, RedisStore) else None
+        finally:
+            await store.close()
+    except Exception as exc:  # any failure to open the store is the finding; messages carry no password
+        return [Check("store", False, f"{where}: {exc}")]
+    if info is None:
+        return [Check("store", True, f"{where} ({count} conversations)")]
+    detail = f"{where}: Redis {info['version']}, {count} conversations, {info['ledger_records']} ledger records"
+    return [Check("store", True, detail), *redis_checks(info, wait_aof=config.store.redis_wait_aof)]
+
+
+def redis_checks(info: dict[str, Any], *, wait_aof: bool) -> list[Check]:
+    """Whether Redis keeps what it acknowledged: the ledger must survive a restart, and never be evicted.
+
+    The ledger is what keeps local content out of the cloud; a record Redis acknowledged and then
+    lost lets the content it describes through on the next request. Append-only persistence is
+    required; ``appendfsync always`` (or ``WAITAOF``) also survives a power loss. An eviction policy
+    that may drop keys without an expiry could drop the ledger itself.
+    """
+    checks: list[Check] = []
+    fsync = info.get("appendfsync") or "?"
+    if not info.get("aof_enabled"):
+        checks.append(
+            Check(
+                "store persistence",
+                False,
+                "appendonly is off: a restart of Redis loses acknowledged ledger records (snapshots keep only what "
+                "was there at the last one); set appendonly yes (and appendfsync always or everysec)",
+            )
+        )
+    elif fsync == "always" or wait_aof:
+        how = "appendfsync always" if fsync == "always" else "each append waits for WAITAOF"
+        checks.append(
+            Check("store persistence", True, f"appendonly yes, {how}: acknowledged records survive a power loss")
+        )
+    else:
+        checks.append(
+            Check(
+                "store persistence",
+                True,
+                f"warning: appendonly yes, appendfsync {fsync}: acknowledged ledger records survive a restart or "
+                "crash of Redis, but a power loss or kernel crash can lose the last "
+                f"{'second' if fsync == 'everysec' else 'seconds'} of them; set appendfsync always, or "
+                "store.redis_wait_aof on Redis 7.2 and later",
+            )
+        )
+    policy = info.get("maxmemory_policy") or "?"
+    if policy.startswith("allkeys"):
+        checks.append(
+            Check(
+                "store eviction",
+                False,
+                f"maxmemory-policy {policy} may evict the ledger when Redis runs out of memory; use noeviction "
+                "(a full Redis then refuses writes, and Trooper refuses turns, rather than forget)",
+            )
+        )
+    else:
+        checks.append(Check("store eviction", True, f"maxmemory-policy {policy}: the ledger is never evicted"))
+    if wait_aof and _version(info.get("version", "")) < (7, 2):
+        checks.append(
+            Check(
+                "store wait_aof",
+                False,
+                f"store.redis_wait_aof needs Redis 7.2 or later (WAITAOF); this server is {info.get('version')}: "
+                "every ledger append would fail",
+            )
+        )
+    return checks
+
+
+def _version(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(".")[:2])
+    except ValueError:
+        return (0,)
 
 
 async def _cloud(client: httpx.AsyncClient, config: Config) -> Check:

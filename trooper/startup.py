@@ -11,11 +11,17 @@ unreachable upstream never stops start-up: the cloud may come back, Ollama may b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import os
+import signal
 import socket
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
+from types import FrameType
 
 from trooper.config import Config
 from trooper.doctor import Check, upstream_checks
@@ -44,6 +50,11 @@ def refusal(config: Config) -> str | None:
     never reach the cloud, so serving on it needs ``server.ephemeral``. A non-loopback address
     exposes the admin API, so it needs an admin token.
     """
+    if config.store.path == "memory" and config.server.workers > 1:
+        return (
+            "refusing to serve on store.path = memory with several workers: each would keep a ledger of its own, "
+            "and a local turn one of them served would not be known to the others; use an SQLite file or Redis"
+        )
     if config.store.path == "memory" and not config.server.ephemeral:
         return (
             "refusing to serve on store.path = memory: it loses the privacy ledger (what must never reach the "
@@ -116,4 +127,91 @@ def report_when_started(
     return thread
 
 
-__all__ = ["bind", "bind_error", "describe", "is_loopback", "refusal", "report_when_started"]
+#: A worker that ends this soon after it started counts as failing to start.
+_QUICK_DEATH = 2.0
+
+
+def supervise(count: int, start: Callable[[int, bool], int], echo: Callable[[str], None]) -> int:
+    """Run ``count`` worker processes, each ``start(index, first)`` in a fork of this one, until told to stop.
+
+    The listening socket is bound before the fork and shared, so the kernel hands each connection
+    to one worker. Each worker builds its own engine and store connection after the fork (nothing
+    that holds a connection or a thread crosses it); they share the store, and through it the
+    ledger, the cloud's health and the conversations' locks. A worker that dies is replaced — a
+    conversation whose lock it held is free at once on SQLite, after ``store.lock_ttl`` on Redis —
+    unless workers keep dying as they start (a configuration the checks could not see), which
+    stops the whole server with exit status 3. SIGTERM or SIGINT stops the workers gracefully.
+    """
+    children: dict[int, tuple[int, float]] = {}
+    state = {"stopping": False, "code": 0, "quick": 0}
+
+    def spawn(index: int, first: bool) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                _die_with_parent()
+                code = start(index, first)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        children[pid] = (index, time.monotonic())
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        state["stopping"] = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for index in range(count):
+            spawn(index, True)
+        while children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            index, started = children.pop(pid, (-1, 0.0))
+            if index < 0 or state["stopping"]:
+                continue
+            state["quick"] = state["quick"] + 1 if time.monotonic() - started < _QUICK_DEATH else 0
+            if state["quick"] >= 3:
+                echo("trooper: workers keep ending as they start; stopping (see the lines above)")
+                state["code"] = 3
+                stop(signal.SIGTERM, None)
+                continue
+            echo(f"trooper: worker {index} (pid {pid}) ended ({_ending(status)}); starting another")
+            spawn(index, False)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return state["code"]
+
+
+def _ending(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"exit status {code}"
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel stop this worker if the supervisor dies (even by ``kill -9``), so no
+    orphaned worker keeps serving a port nobody supervises."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+
+
+__all__ = ["bind", "bind_error", "describe", "is_loopback", "refusal", "report_when_started", "supervise"]

@@ -3,21 +3,105 @@
 ``ledger_append`` commits before it returns, so a ledger record survives a crash of Trooper the
 moment the call returns (WAL with ``synchronous=NORMAL`` is durable against process crashes; set
 ``synchronous=FULL`` via ``durable=True`` to also survive power loss at the cost of an fsync).
+
+Several processes on one file (``trooper serve --workers N``, or instances started by hand) share
+the conversations, the ledger, the health and the probe's claim through SQLite, and the
+per-conversation lock through :class:`FileLocks`: POSIX record locks on a file beside the database,
+which the kernel drops the moment their process dies, so a crashed worker never blocks a
+conversation.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import os
 import sqlite3
+import sys
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from trooper.ledger import LedgerRecord
 from trooper.store.base import Lease, ProcessLocks, StoreError
+
+#: Conversations are spread over this many lockable bytes; two sharing one only wait for each other.
+_STRIPES: Final = 1 << 20
+
+
+class FileLocks:
+    """Per-conversation locks across the processes, and the store objects, that use one SQLite file.
+
+    One byte of ``<database>.locks`` per stripe of conversations, taken with ``lockf``. POSIX record
+    locks belong to a process, not to a store object, and closing any descriptor of the file drops
+    them all; so each process opens the file once (shared by every store object on it, through
+    :meth:`of`) and records which store object holds which stripe, making store objects in one
+    process exclude each other as processes do. Waiting polls (a few milliseconds at most), so it
+    works on any event loop and never blocks one.
+    """
+
+    _open: Final[weakref.WeakValueDictionary[str, FileLocks]] = weakref.WeakValueDictionary()
+    _opening: Final = threading.Lock()
+
+    def __init__(self, path: Path) -> None:
+        import fcntl
+
+        self._fcntl = fcntl
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._owners: dict[int, object] = {}
+        self._guard = threading.Lock()
+        weakref.finalize(self, os.close, self._fd)
+
+    @classmethod
+    def of(cls, database: Path) -> FileLocks:
+        path = str(database.resolve()) + ".locks"
+        with cls._opening:
+            locks = cls._open.get(path)
+            if locks is None:
+                locks = cls(Path(path))
+                cls._open[path] = locks
+            return locks
+
+    def _try(self, stripe: int, owner: object) -> bool:
+        with self._guard:
+            if stripe in self._owners:
+                return False
+            try:
+                self._fcntl.lockf(self._fd, self._fcntl.LOCK_EX | self._fcntl.LOCK_NB, 1, stripe, os.SEEK_SET)
+            except OSError:  # another process holds it (EAGAIN or EACCES)
+                return False
+            self._owners[stripe] = owner
+            return True
+
+    def _release(self, stripe: int) -> None:
+        with self._guard:
+            if self._owners.pop(stripe, None) is not None:
+                self._fcntl.lockf(self._fd, self._fcntl.LOCK_UN, 1, stripe, os.SEEK_SET)
+
+    async def lock(self, session: str, owner: object) -> Lease:
+        stripe = int.from_bytes(hashlib.blake2b(session.encode(), digest_size=8).digest(), "big") % _STRIPES
+        wait = 0.0005
+        while not self._try(stripe, owner):
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 0.01)
+        return _FileLease(self, stripe)
+
+
+class _FileLease:
+    def __init__(self, locks: FileLocks, stripe: int) -> None:
+        self._locks: FileLocks | None = locks
+        self._stripe = stripe
+
+    async def release(self) -> None:
+        locks, self._locks = self._locks, None
+        if locks is not None:
+            locks._release(self._stripe)
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -40,8 +124,8 @@ class SQLiteStore:
 
     The calls are short and answer at once (a commit takes a fraction of a millisecond in WAL mode),
     so they run on the event loop: handing each to a thread would cost more than it saves.
-    Conversation locks are this process's own; several processes on one file share the ledger,
-    the health and the probe's claim, but not the locks.
+    Conversation locks hold across every process and store object on the file (:class:`FileLocks`);
+    turns of one conversation in this store object queue on an in-process lock first.
     """
 
     def __init__(self, path: str | Path, *, durable: bool = False) -> None:
@@ -54,6 +138,7 @@ class SQLiteStore:
         self._db.executescript(_SCHEMA)
         self._refuse_old_ledger()
         self._locks = ProcessLocks()
+        self._files = FileLocks.of(self.path) if sys.platform != "win32" else None
 
     def _refuse_old_ledger(self) -> None:
         """A ledger in the earlier per-block format cannot be checked by this version: refuse the store
@@ -208,8 +293,31 @@ class SQLiteStore:
             self._db.execute("DELETE FROM claims WHERE name = ?", (name,))
 
     async def lock(self, session: str, ttl: float) -> Lease:
-        return await self._locks.lock(session, ttl)
+        """The conversation's lock across processes. No lease to lapse: a holder that dies loses it
+        with its process, at once."""
+        local = await self._locks.lock(session, ttl)
+        if self._files is None:
+            return local
+        try:
+            shared = await self._files.lock(session, self)
+        except BaseException:
+            await local.release()
+            raise
+        return _Both(shared, local)
 
     async def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class _Both:
+    """The file lock, then this store object's queue, released in that order."""
+
+    def __init__(self, shared: Lease, local: Lease) -> None:
+        self._leases: tuple[Lease, Lease] | None = (shared, local)
+
+    async def release(self) -> None:
+        leases, self._leases = self._leases, None
+        if leases is not None:
+            for lease in leases:
+                await lease.release()

@@ -1,0 +1,480 @@
+"""Store benchmark: what each store costs a cloud turn, what a second instance on Redis buys, and how an
+instance's memory grows with the ledger.
+
+Run: ``.venv/bin/python bench/store_bench.py`` (about 2 minutes; ``--quick`` for well under one). It
+needs ``redis-server`` on the PATH and uses loopback only. A measurement, not a test: it prints
+figures and says whether the targets of issue 13 are met.
+
+How (the method of ``bench/proxy_bench.py``, whose pieces it reuses):
+
+* **Δ against direct.** The same client sends the same ~20 KB body to the fast fake upstream
+  directly and through ``trooper serve`` on each store — ``memory``, SQLite (a file in a temporary
+  directory) and Redis (a ``redis-server`` of its own with ``appendonly yes``, ``appendfsync
+  everysec``) — in interleaved rounds whose order rotates; figures are medians over rounds of each
+  round's difference from direct. Redis minus SQLite is the median of the per-round differences.
+* **Pinned.** On two CPUs every Trooper runs on the first, the upstream, Redis and the load
+  generator on the second, so a Trooper's own cost is not hidden by the load generator's.
+* **Two instances.** Two ``trooper serve`` processes on one Redis, one per CPU, behind a client that
+  sends its requests to them in turn, against one instance alone, at 16 in flight. On a two-CPU
+  machine the load generator, the upstream and Redis then share those CPUs with the instances: their
+  CPU time is printed so a saturated client is visible, not mistaken for Trooper's limit.
+* **Memory as the ledger grows.** Another writer appends ledger records to Redis (as other
+  instances' local turns would) up to 1,000,000 fingerprints; one instance serving cloud turns
+  picks them up before each request; its RSS is read from ``/proc`` at each step. Two mixes: one
+  like real local turns (span fingerprints of replies and prompts, with a few positional keys), and
+  positional keys only (the worst case for the index's memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+ROOT: Final = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.proxy_bench import (  # noqa: E402
+    API_KEY,
+    LoadGenerator,
+    Rounds,
+    Scenario,
+    cpu_seconds,
+    free_port,
+    median,
+    pct,
+    prompt_body,
+    rss_kib,
+    spawn,
+    stop,
+    tree_state,
+    wait_ready,
+)
+
+TARGET_REDIS_OVER_SQLITE_MS: Final = 0.3
+TARGET_SCALE: Final = 1.6
+TARGET_RSS_MIB: Final = 10.0
+STORES: Final = ("memory", "sqlite", "redis")
+
+
+def start_redis(workdir: Path, cpus: set[int] | None) -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("store_bench: redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    directory = workdir / f"redis-{port}"
+    directory.mkdir()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
+    argv += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
+    proc = spawn(argv, os.environ, cpus, workdir / f"redis-{port}.log")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            import socket
+
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return proc, f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.02)
+    raise RuntimeError("redis-server did not start")
+
+
+def start_trooper(
+    store: str, upstream: str, workdir: Path, cpus: set[int] | None, name: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "TROOPER_PORT": str(port),
+        "TROOPER_ANTHROPIC_BASE_URL": upstream,
+        "TROOPER_OLLAMA_BASE_URL": f"http://127.0.0.1:{free_port()}",
+        "TROOPER_OLLAMA_CONTEXT_LENGTH": "8192",
+        "TROOPER_STORE": store,
+        "TROOPER_SERVER_EPHEMERAL": "1",
+        "TROOPER_CONFIG": str(workdir / "absent.toml"),
+    }
+    proc = spawn([sys.executable, "-m", "trooper", "serve"], env, cpus, workdir / f"trooper-{name}.log")
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, proc)
+    return proc, url
+
+
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="trooper-store-bench-") as tmp:
+        yield Path(tmp)
+
+
+def cpu_sets(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return None, None
+    return {cpus[0]}, {cpus[1]}
+
+
+# ============================================================================ 1: added latency per store
+
+
+async def measure_stores(
+    urls: Mapping[str, str], pids: Mapping[str, int], args: argparse.Namespace
+) -> dict[str, Rounds]:
+    body = prompt_body(stream=False)
+    plans = [
+        Scenario("ns1", "non-stream c=1", False, 1, 150 if args.quick else 400),
+        Scenario("ns16", "non-stream c=16", False, 16, 600 if args.quick else 2000),
+    ]
+    results = {plan.key: Rounds() for plan in plans}
+    targets = list(urls)
+    async with LoadGenerator(urls) as load:
+        for plan in plans:  # warm-up round, discarded
+            for target in targets:
+                await load.run(target, plan, body, n=min(plan.n, 200))
+        for number in range(args.rounds):
+            order = targets[number % len(targets) :] + targets[: number % len(targets)]
+            for plan in plans:
+                for target in order:
+                    before = cpu_seconds(pids[target]) if target in pids else 0.0
+                    batch = await load.run(target, plan, body)
+                    rounds = results[plan.key]
+                    rounds.add(target, batch)
+                    if target in pids:
+                        rounds.cpu[target] = rounds.cpu.get(target, 0.0) + cpu_seconds(pids[target]) - before
+                        rounds.requests[target] = rounds.requests.get(target, 0) + plan.n
+            print(f"  round {number + 1}/{args.rounds} done", flush=True)
+    return results
+
+
+def pair_delta(rounds: Rounds, key: str, a: str, b: str) -> float:
+    pairs = zip(rounds.stats[a], rounds.stats[b], strict=False)
+    return median([x[key] - y[key] for x, y in pairs])
+
+
+def section_stores(args: argparse.Namespace) -> list[str]:
+    trooper_cpus, other_cpus = cpu_sets(not args.no_pin)
+    lines: list[str] = []
+    with workdir() as tmp:
+        upstream_port = free_port()
+        upstream = spawn(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "proxy_bench.py"),
+                "--serve-upstream",
+                "fast",
+                "--port",
+                str(upstream_port),
+            ],
+            os.environ,
+            other_cpus,
+            tmp / "upstream.log",
+        )
+        upstream_url = f"http://127.0.0.1:{upstream_port}"
+        procs: list[subprocess.Popen[bytes]] = [upstream]
+        try:
+            wait_ready(upstream_url, upstream)
+            redis, redis_url = start_redis(tmp, other_cpus)
+            procs.append(redis)
+            stores = {"memory": "memory", "sqlite": str(tmp / "trooper.sqlite3"), "redis": redis_url}
+            urls = {"direct": upstream_url}
+            pids: dict[str, int] = {}
+            for name, store in stores.items():
+                proc, url = start_trooper(store, upstream_url, tmp, trooper_cpus, name)
+                procs.append(proc)
+                urls[name], pids[name] = url, proc.pid
+            print("section 1: added latency and throughput per store ...", flush=True)
+            results = asyncio.run(measure_stores(urls, pids, args))
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
+    one, many = results["ns1"], results["ns16"]
+    print("\n  store    Δ p50 c=1   Δ p99 c=1   Δ p50 c=16   req/s c=16 (direct)   CPU ms/req c=1")
+    for name in STORES:
+        print(
+            f"  {name:<8} {one.delta('p50', name) * 1000:+8.3f} ms {one.delta('p99', name) * 1000:+8.3f} ms "
+            f"{many.delta('p50', name) * 1000:+9.3f} ms   {many.med(name, 'rps'):8.0f} "
+            f"({many.med('direct', 'rps'):.0f})"
+            f"          {one.cpu_ms(name):.2f}"
+        )
+    extra = pair_delta(one, "p50", "redis", "sqlite") * 1000
+    extra16 = pair_delta(many, "p50", "redis", "sqlite") * 1000
+    target = TARGET_REDIS_OVER_SQLITE_MS
+    met = extra <= target
+    print(f"\n  Redis over SQLite, p50 c=1: {extra:+.3f} ms (target ≤ {target} ms: {_verdict(met)})")
+    for name in STORES:
+        lines.append(
+            f"| added latency p50 / p99, c=1, {name} | {one.delta('p50', name) * 1000:+.3f} / "
+            f"{one.delta('p99', name) * 1000:+.3f} ms | | |"
+        )
+    lines.append(
+        f"| Redis over SQLite, p50 c=1 / c=16 | {extra:+.3f} / {extra16:+.3f} ms | ≤ {target} ms (c=1) | "
+        f"{_verdict(met)} |"
+    )
+    rps = " / ".join(f"{many.med(name, 'rps'):,.0f}" for name in STORES)
+    lines.append(
+        f"| throughput c=16, memory / SQLite / Redis (direct {many.med('direct', 'rps'):,.0f}) | {rps} req/s | | |"
+    )
+    cpu = " / ".join(f"{one.cpu_ms(name):.2f}" for name in STORES)
+    lines.append(f"| Trooper CPU per request c=1, memory / SQLite / Redis | {cpu} ms | | |")
+    return lines
+
+
+# ============================================================================ 2: one and two instances
+
+
+async def round_robin(urls: Sequence[str], n: int, concurrency: int, body: bytes) -> tuple[float, list[float], int]:
+    """``n`` requests, ``concurrency`` in flight, each next request to the next instance in turn."""
+    import aiohttp
+
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) for _ in urls]
+    headers = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01", "content-type": "application/json"}
+    latencies: list[float] = []
+    errors = 0
+    counter = 0
+    remaining = n
+
+    async def worker(number: int) -> None:
+        nonlocal counter, remaining, errors
+        own = {**headers, "x-claude-code-session-id": f"rr-{number}"}
+        while remaining > 0:
+            remaining -= 1
+            target = counter % len(urls)
+            counter += 1
+            started = time.perf_counter()
+            async with sessions[target].post(urls[target] + "/v1/messages", data=body, headers=own) as reply:
+                await reply.read()
+                errors += reply.status != 200
+            latencies.append(time.perf_counter() - started)
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        wall = time.perf_counter() - started
+    finally:
+        for session in sessions:
+            await session.close()
+    return n / wall, latencies, errors
+
+
+def section_instances(args: argparse.Namespace) -> list[str]:
+    cpus = sorted(os.sched_getaffinity(0))
+    first, second = ({cpus[0]}, {cpus[1]}) if len(cpus) >= 2 and not args.no_pin else (None, None)
+    n = 1000 if args.quick else 3000
+    body = prompt_body(stream=False)
+    with workdir() as tmp:
+        upstream_port = free_port()
+        upstream = spawn(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "proxy_bench.py"),
+                "--serve-upstream",
+                "fast",
+                "--port",
+                str(upstream_port),
+            ],
+            os.environ,
+            None,
+            tmp / "upstream.log",
+        )
+        upstream_url = f"http://127.0.0.1:{upstream_port}"
+        procs: list[subprocess.Popen[bytes]] = [upstream]
+        try:
+            wait_ready(upstream_url, upstream)
+            redis, redis_url = start_redis(tmp, None)
+            procs.append(redis)
+            a, url_a = start_trooper(redis_url, upstream_url, tmp, first, "a")
+            b, url_b = start_trooper(redis_url, upstream_url, tmp, second, "b")
+            procs += [a, b]
+            print("\nsection 2: one and two instances on Redis, c=16, round-robin client ...", flush=True)
+            asyncio.run(round_robin([url_a, url_b], 400, 16, body))  # warm-up
+            ones, twos, directs, client_cpu = [], [], [], []
+            me = os.getpid()
+            for _ in range(args.rounds):
+                directs.append(asyncio.run(round_robin([upstream_url], n, 16, body))[0])
+                ones.append(asyncio.run(round_robin([url_a], n, 16, body))[0])
+                before = {p.pid: cpu_seconds(p.pid) for p in (upstream, redis, a, b)}
+                own_before, started = cpu_seconds(me), time.perf_counter()
+                twos.append(asyncio.run(round_robin([url_a, url_b], n, 16, body))[0])
+                wall = time.perf_counter() - started
+                used = {pid: cpu_seconds(pid) - cpu for pid, cpu in before.items()}
+                client_cpu.append(
+                    {
+                        "client": (cpu_seconds(me) - own_before) / wall,
+                        "upstream": used[upstream.pid] / wall,
+                        "redis": used[redis.pid] / wall,
+                        "instances": (used[a.pid] + used[b.pid]) / wall,
+                    }
+                )
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
+    one, two, direct = median(ones), median(twos), median(directs)
+    scale = two / one
+    shares = {key: statistics.median(row[key] for row in client_cpu) for key in client_cpu[0]}
+    met = scale >= TARGET_SCALE
+    print(f"  direct (client and upstream alone): {direct:,.0f} req/s")
+    print(f"  one instance: {one:,.0f} req/s; two instances: {two:,.0f} req/s; ×{scale:.2f} ({_verdict(met)})")
+    print(
+        "  CPU in use during the two-instance runs (cores): "
+        + ", ".join(f"{key} {value:.2f}" for key, value in shares.items())
+        + f" of {len(cpus)}"
+    )
+    return [
+        f"| throughput c=16 on Redis: one / two instances (round-robin client) | {one:,.0f} / {two:,.0f} req/s "
+        f"(×{scale:.2f}) | ≥ ×{TARGET_SCALE} | {_verdict(met)} |",
+        f"| ... cores busy during the two-instance runs: client {shares['client']:.2f}, upstream "
+        f"{shares['upstream']:.2f}, Redis {shares['redis']:.2f}, the two instances {shares['instances']:.2f} "
+        f"(of {len(cpus)}) | | | |",
+    ]
+
+
+# ============================================================================ 3: RSS as the ledger grows
+
+
+def _records(rng: random.Random, count: int, mix: str) -> list[Any]:
+    """About ``count`` fingerprints of ledger records, as local turns would append them."""
+    from trooper.ledger import LedgerRecord
+
+    out = []
+    made = 0
+    while made < count:
+        if mix == "positional":
+            kind = rng.choice(["prompt", "reply", "seen", "seen.reply", "tool", "blob.produced"])
+            size = 50
+        elif rng.random() < 0.9:
+            kind, size = rng.choice(["span.produced", "span.received"]), 200
+        else:
+            kind, size = rng.choice(["prompt", "reply", "seen", "tool"]), 4
+        values = [rng.getrandbits(64) for _ in range(size)]
+        out.append(LedgerRecord.of(kind, values, session=f"s{rng.randrange(1000)}"))  # type: ignore[arg-type]
+        made += size
+    return out
+
+
+async def grow(url: str, rng: random.Random, count: int, mix: str) -> int:
+    """Append about ``count`` fingerprints to the ledger, as another instance would; returns how many."""
+    from trooper.store import RedisStore
+
+    store = RedisStore(url)
+    done = 0
+    while done < count:
+        batch = _records(rng, min(50_000, count - done), mix)
+        await store.ledger_append(batch)
+        done += sum(len(record) for record in batch)
+    await store.close()
+    return done
+
+
+def section_rss(args: argparse.Namespace) -> list[str]:
+    steps = (0, 250_000, 500_000, 1_000_000)
+    body = prompt_body(stream=False)
+    lines: list[str] = []
+    for mix in ("turns", "positional"):
+        with workdir() as tmp:
+            upstream_port = free_port()
+            upstream = spawn(
+                [
+                    sys.executable,
+                    str(ROOT / "bench" / "proxy_bench.py"),
+                    "--serve-upstream",
+                    "fast",
+                    "--port",
+                    str(upstream_port),
+                ],
+                os.environ,
+                None,
+                tmp / "upstream.log",
+            )
+            upstream_url = f"http://127.0.0.1:{upstream_port}"
+            procs: list[subprocess.Popen[bytes]] = [upstream]
+            try:
+                wait_ready(upstream_url, upstream)
+                redis, redis_url = start_redis(tmp, None)
+                procs.append(redis)
+                proc, url = start_trooper(redis_url, upstream_url, tmp, None, "rss")
+                procs.append(proc)
+                asyncio.run(round_robin([url], 2000, 4, body))  # warm: caches, pools, arenas
+                rng = random.Random(13)
+                rss: list[int] = []
+                written = 0
+                for step in steps:
+                    written += asyncio.run(grow(redis_url, rng, step - written, mix))
+                    asyncio.run(round_robin([url], 300, 4, body))  # each request reads what was appended
+                    rss.append(rss_kib(proc.pid))
+            finally:
+                for item in reversed(procs):
+                    stop(item)
+        growth = (rss[-1] - rss[0]) / 1024
+        per = (rss[-1] - rss[0]) * 1024 / steps[-1]
+        met = growth < TARGET_RSS_MIB
+        print(
+            f"\nsection 3: RSS of one instance as the ledger grows ({mix}): "
+            + ", ".join(f"{step:,} → {value / 1024:.1f} MiB" for step, value in zip(steps, rss, strict=True))
+            + f"; growth {growth:+.1f} MiB ({per:.1f} bytes a fingerprint): {_verdict(met)}"
+        )
+        label = "like local turns (90 % spans)" if mix == "turns" else "positional keys only"
+        lines.append(
+            f"| instance RSS, 0 → 1,000,000 ledger fingerprints on Redis, {label} | {rss[0] / 1024:.1f} → "
+            f"{rss[-1] / 1024:.1f} MiB ({growth:+.1f} MiB, {per:.0f} B each) | < {TARGET_RSS_MIB:g} MiB | "
+            f"{_verdict(met)} |"
+        )
+    return lines
+
+
+# ============================================================================ main
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT MET"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and requests")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, 2 with --quick)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument(
+        "--only", default="stores,instances,rss", help="comma-separated sections: stores, instances, rss"
+    )
+    args = parser.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 2 if args.quick else 5
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    only = set(args.only.split(","))
+    print(
+        f"trooper store benchmark — Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+        f"{'quick' if args.quick else 'full'} mode; trooper tree {tree_state()}",
+        flush=True,
+    )
+    readme: list[str] = []
+    if "stores" in only:
+        readme += section_stores(args)
+    if "instances" in only:
+        readme += section_instances(args)
+    if "rss" in only:
+        readme += section_rss(args)
+    print("\n--- README table ---")
+    print("| figure | measured | target | verdict |")
+    print("|---|---|---|---|")
+    for row in readme:
+        print(row)
+    print("--- README table ---")
+
+
+if __name__ == "__main__":
+    _ = pct  # re-exported statistics helpers keep one definition, in proxy_bench
+    main()
