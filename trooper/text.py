@@ -62,8 +62,12 @@ def fold_uncached(text: str) -> str:
     """
     if text.isascii():
         return " ".join(text.lower().split())
-    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
-    return " ".join(folded.translate(_table()).split())
+    table = _table()
+    # The table first: an invisible character between a letter and its combining mark must not keep
+    # NFKC from composing them, and NFKC would decompose some typographic marks (´ ″) before the
+    # table could map them. Then again after: NFKC and case folding can produce what the table maps.
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text.translate(table)).casefold())
+    return " ".join(folded.translate(table).split())
 
 
 #: :func:`fold`, memoised: clients re-send the same history on every request.
