@@ -164,12 +164,16 @@ def _outside_strings(chunk: str) -> str:
     return chunk.replace("true", " ").replace("false", " ").replace("null", " ")
 
 
+_UNFINISHED_ESCAPE: Final = re.compile(r"(?:\\u[dD][89abAB][0-9a-fA-F]{2})?(?:\\(?:u[0-9a-fA-F]{0,3})?)?$")
+
+
 def _decode_json_string(body: str) -> str:
     try:
         decoded = orjson.loads(f'"{body}"')
     except orjson.JSONDecodeError:
-        # Cut inside an escape (``\\u00`` or a lone backslash): drop the unfinished escape.
-        trimmed = re.sub(r"\\(?:u[0-9a-fA-F]{0,3})?$", "", body)
+        # Cut inside an escape (``\\u00`` or a lone backslash), or between the two escapes of a
+        # surrogate pair: drop what is unfinished.
+        trimmed = _UNFINISHED_ESCAPE.sub("", body)
         try:
             decoded = orjson.loads(f'"{trimmed}"')
         except orjson.JSONDecodeError:
