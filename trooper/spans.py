@@ -10,7 +10,8 @@ unrelated prompt, so it only recognises spans that could not plausibly collide:
   that hold a distinctive token — a number of three or more digits, a word mixing letters and
   digits, an identifier (``user_id``, ``a@b.io``, ``/etc/hosts``, ``config.py``, ``https://…``),
   a word of five or more letters that is rare in ordinary language, or any word of twenty or more
-  characters;
+  characters (words of the scripts written without spaces are not words here, see
+  :func:`distinctive_atoms`);
 * **long**: any :data:`LONG` characters at all, where a character of a script written without
   spaces (Han, kana, Hangul) counts :data:`DENSE_WEIGHT` times, because it carries about a word.
 
@@ -129,18 +130,6 @@ def _dense(codes: U64) -> npt.NDArray[np.bool_]:
     )
 
 
-def _is_dense(character: str) -> bool:
-    code = ord(character)
-    return (
-        0x3040 <= code <= 0x30FF
-        or 0x3400 <= code <= 0x4DBF
-        or 0x4E00 <= code <= 0x9FFF
-        or 0xAC00 <= code <= 0xD7AF
-        or 0xF900 <= code <= 0xFAFF
-        or 0x20000 <= code <= 0x3FFFF
-    )
-
-
 def _weighted(codes: U64) -> U64:
     """``codes`` with each dense-script character repeated :data:`DENSE_WEIGHT` times."""
     dense = _dense(codes)
@@ -208,12 +197,27 @@ def _identifier(token: str) -> bool:
     return bool(_DOTTED.fullmatch(token)) and len(token) >= 6
 
 
+#: Characters of the scripts written without spaces (Han, kana, Hangul): the ranges of :func:`_dense`.
+_DENSE_CHARACTER: Final = re.compile(
+    "[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003ffff]"
+)
+
+
 def distinctive_atoms(folded: str) -> list[tuple[int, int]]:
-    """Character ranges of the distinctive tokens of a folded text (see the module docstring)."""
+    """Character ranges of the distinctive tokens of a folded text (see the module docstring).
+
+    Words are what spaces and punctuation delimit, which a script written without spaces does not
+    have: there a whole sentence would be one long "word". So the word rules read the text with
+    dense-script characters as separators (a Latin identifier or a number inside Japanese text is
+    still a token), and dense text itself is recognised by the long-span rule, where each of its
+    characters weighs more.
+    """
     atoms: list[tuple[int, int]] = []
     for found in _NUMBER.finditer(folded):
         if sum(ch.isdigit() for ch in found.group()) >= 3:
             atoms.append(found.span())
+    if not folded.isascii():
+        folded = _DENSE_CHARACTER.sub(" ", folded)  # one character for one: the ranges stay true
     for found in _MIXED_OR_LONG.finditer(folded):
         word = found.group()
         if len(word) >= LONG_WORD or (len(word) >= 4 and any(ch.isalpha() for ch in word)):
@@ -224,8 +228,6 @@ def distinctive_atoms(folded: str) -> list[tuple[int, int]]:
     common: frozenset[str] | None = None
     for found in _LETTERS.finditer(folded):
         word = found.group()
-        if _is_dense(word[0]):
-            continue
         common = common if common is not None else _vocabulary()
         if word not in common:
             atoms.append(found.span())
