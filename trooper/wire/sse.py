@@ -22,16 +22,24 @@ def encode_sse(event: Mapping[str, Any]) -> bytes:
 class SSEDecoder:
     """Incremental SSE parser: feed raw bytes as they arrive, get complete ``(event, data)`` frames.
 
-    Tolerates ``\\r\\n`` line ends, comments and multi-line ``data:`` fields, as the SSE spec allows.
+    Line ends may be ``\\r\\n``, ``\\n`` or a lone ``\\r``, as the SSE spec defines them; comments
+    and multi-line ``data:`` fields are understood. Only the bytes that arrive are normalised, once,
+    and a ``\\r`` that ends a chunk waits for the next one (it may be half of ``\\r\\n``), so the
+    frames never depend on where the stream was cut.
     """
 
     def __init__(self) -> None:
         self._buffer = b""
+        self._carriage_return = False
 
     def feed(self, chunk: bytes) -> Iterator[tuple[str, str]]:
+        if self._carriage_return:
+            chunk, self._carriage_return = b"\r" + chunk, False
+        if b"\r" in chunk:
+            if chunk.endswith(b"\r"):
+                chunk, self._carriage_return = chunk[:-1], True
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         self._buffer += chunk
-        if b"\r" in self._buffer:
-            self._buffer = self._buffer.replace(b"\r\n", b"\n")
         while True:
             end = self._buffer.find(b"\n\n")
             if end < 0:
@@ -43,6 +51,7 @@ class SSEDecoder:
 
     def flush(self) -> Iterator[tuple[str, str]]:
         """Whatever complete-looking frame is left when the stream ends without a blank line."""
+        self._carriage_return = False
         frame, self._buffer = self._buffer.strip(b"\n"), b""
         if frame:
             parsed = _parse_frame(frame)
