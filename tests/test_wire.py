@@ -245,10 +245,8 @@ def test_thinking_without_signature_streams_no_signature_delta() -> None:
     assert all(event["index"] == 3 for event in events)
 
 
-@pytest.mark.xfail(strict=True, reason="message_events drops a text block's citations (no citations_delta)")
 def test_citations_survive_the_round_trip() -> None:
-    # The accumulator understands citations_delta, but block_events never emits one: the rebuilt block
-    # is {"type": "text", "text": "cited"} without its citations.
+    # Each citation travels as a citations_delta, as the API streams them.
     citation = {"type": "char_location", "cited_text": "source words", "document_index": 0}
     message = _message([{"type": "text", "text": "cited", "citations": [citation]}])
     assert accumulate(list(message_events(message))) == message

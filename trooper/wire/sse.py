@@ -157,6 +157,12 @@ def block_events(index: int, block: Mapping[str, Any]) -> Iterator[JSON]:
     kind = block.get("type")
     if kind == "text":
         yield {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}
+        for citation in block.get("citations") or ():
+            yield {
+                "type": "content_block_delta",
+                "index": index,
+                "delta": {"type": "citations_delta", "citation": citation},
+            }
         yield {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": block["text"]}}
     elif kind == "thinking":
         yield {
