@@ -4,7 +4,8 @@ The Messages API is stateless, so identity is inferred, in order of reliability:
 header; Claude Code's session header; the ``session_id`` inside ``metadata.user_id`` (a JSON string
 in current Claude Code, ``user_…_session_<uuid>`` in older ones); else a fingerprint of the system
 prompt and the first user text, skipping ``<system-reminder>`` blocks that change between requests
-(not the model: a client may switch models within one conversation). Nothing here is authorisation, and the ledger never depends on it.
+(not the model: a client may switch models within one conversation). Nothing here is authorisation,
+and the ledger never depends on it.
 """
 
 from __future__ import annotations
