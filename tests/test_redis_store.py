@@ -18,7 +18,7 @@ import pytest
 from tests.test_redis_server import RedisServer, redis_server  # noqa: F401  (a fixture)
 from trooper.config import StoreConfig, load_config, redacted
 from trooper.ledger import LedgerRecord
-from trooper.store import RedisStore, SessionStore, SQLiteStore, StoreUnavailable, configured, open_store
+from trooper.store import RedisStore, SessionStore, SQLiteStore, StoreUnavailable, open_store
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -90,8 +90,7 @@ def test_open_store_takes_redis_urls_and_the_password_setting(redis_server: Redi
     store = open_store(StoreConfig(path=redis_server.url, redis_timeout=0.5, lock_ttl=3.0))
     assert isinstance(store, RedisStore)
     assert (store.timeout, store.lock_ttl) == (0.5, 3.0)
-    with configured(StoreConfig(path="rediss://h:6380/2", redis_password="pw")):
-        tls = open_store("rediss://h:6380/2")
+    tls = open_store(StoreConfig(path="rediss://h:6380/2", redis_password="pw"))
     assert isinstance(tls, RedisStore) and tls.location == "rediss://h:6380/2"
     assert isinstance(open_store("/tmp/x/trooper.sqlite3"), SQLiteStore)
 

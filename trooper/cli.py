@@ -131,10 +131,8 @@ def serve(
 
 def _engine(config: Config) -> Any:
     from trooper.engine import Engine
-    from trooper.store import configured
 
-    with configured(config.store):
-        return Engine.from_config(config)
+    return Engine.from_config(config)
 
 
 def _check_store(config: Config) -> None:

@@ -98,7 +98,7 @@ class Engine:
         # The word list that tells rare words from everyday ones takes a moment to load; load it now,
         # off the event loop, rather than during the first local turn.
         threading.Thread(target=warm_up, name="trooper-vocabulary", daemon=True).start()
-        return cls(cloud=cloud, local=local, store=open_store(config.store.path), config=config)
+        return cls(cloud=cloud, local=local, store=open_store(config.store), config=config)
 
     async def __aenter__(self) -> Engine:
         return self

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Iterator
-
 from trooper.config import StoreConfig
 from trooper.store.base import LedgerEntry, SessionStore, StoreError, StoreUnavailable
 from trooper.store.memory import MemoryStore
@@ -22,33 +18,16 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "SyncStore",
-    "configured",
     "open_store",
 ]
 
-#: The store settings :func:`open_store` applies when it is given only a path (see :func:`configured`).
-_settings: contextvars.ContextVar[StoreConfig | None] = contextvars.ContextVar("store_settings", default=None)
 
-
-@contextlib.contextmanager
-def configured(settings: StoreConfig) -> Iterator[None]:
-    """Let :func:`open_store` calls that pass only ``store.path`` (``Engine.from_config``) use the
-    rest of ``settings`` too: the Redis password and timeouts."""
-    token = _settings.set(settings)
-    try:
-        yield
-    finally:
-        _settings.reset(token)
-
-
-def open_store(path: str | StoreConfig) -> SessionStore:
+def open_store(store: str | StoreConfig) -> SessionStore:
     """``memory`` gives an in-process store, a ``redis://`` or ``rediss://`` URL a Redis store, anything
-    else an SQLite file path. Given the whole ``[store]`` section, its other settings apply too."""
-    settings = path if isinstance(path, StoreConfig) else _settings.get()
-    where = path.path if isinstance(path, StoreConfig) else path
-    if settings is not None and settings.path != where:
-        settings = None
-    settings = settings or StoreConfig(path=where)
+    else an SQLite file path. Given the whole ``[store]`` section, its other settings (the Redis
+    password, timeouts, the lock's lifetime) apply too; given a path, their defaults do."""
+    settings = store if isinstance(store, StoreConfig) else StoreConfig(path=store)
+    where = settings.path
     if where in {"memory", ":memory:"}:
         return MemoryStore()
     if is_redis_url(where):
