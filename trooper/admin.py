@@ -15,6 +15,8 @@ import structlog
 
 from trooper.conversation import conversation_from_dict
 from trooper.providers.base import ProviderError
+from trooper.store.base import StoreUnavailable
+from trooper.wire import TrooperError
 
 if TYPE_CHECKING:
     from trooper.engine import Engine
@@ -47,9 +49,17 @@ class Admin:
             store: dict[str, Any] = {"ok": True, "kind": type(engine.store).__name__}
         except Exception as exc:  # any store failure is what this report is for
             store = {"ok": False, "kind": type(engine.store).__name__, "error": type(exc).__name__}
+            if isinstance(exc, StoreUnavailable):  # its message names the server, never a password
+                store["reason"] = str(exc)
+        cloud: dict[str, Any] = {"provider": engine.cloud.name}
+        try:
+            cloud["upstreams"] = await engine.watch.snapshot()
+        except TrooperError as exc:  # the shared health lives in the store
+            cloud["upstreams"] = None
+            cloud["error"] = exc.message
         return {
-            "status": "ok",
-            "cloud": {"provider": engine.cloud.name, "upstreams": await engine.watch.snapshot()},
+            "status": "ok" if store["ok"] else "degraded",
+            "cloud": cloud,
             "local": local,
             "store": store,
             "uptime_seconds": round(self.clock() - engine.started_at, 3),

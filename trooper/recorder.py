@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from trooper.ledger import LedgerIndex, LedgerRecord
-from trooper.store.base import SessionStore
+from trooper.store.base import SessionStore, StoreUnavailable
 from trooper.wire import TrooperError
 
 
@@ -30,6 +30,12 @@ def ledger_refusal(exc: Exception) -> TrooperError:
     )
 
 
+def _why(exc: Exception) -> str:
+    """What may be said of a store failure: a store's own message (written to name the server and
+    never a credential), or only the type of anything else."""
+    return str(exc) if isinstance(exc, StoreUnavailable) else type(exc).__name__
+
+
 class Ledger:
     """A :class:`LedgerIndex` fed from a :class:`SessionStore`."""
 
@@ -43,7 +49,7 @@ class Ledger:
         try:
             records, self._cursor = await self.store.ledger_since(self._cursor)
         except Exception as exc:  # any store failure means the ledger cannot be checked
-            raise LedgerUnavailable(f"the ledger could not be read ({type(exc).__name__})") from exc
+            raise LedgerUnavailable(f"the ledger could not be read ({_why(exc)})") from exc
         self.index.add(records)
 
     async def append(self, records: Sequence[LedgerRecord]) -> None:
@@ -53,5 +59,5 @@ class Ledger:
         try:
             await self.store.ledger_append(records)
         except Exception as exc:
-            raise LedgerUnavailable(f"the ledger could not be written ({type(exc).__name__})") from exc
+            raise LedgerUnavailable(f"the ledger could not be written ({_why(exc)})") from exc
         self.index.add(records)
