@@ -10,24 +10,20 @@ fingerprint set is checked against a plain Python set.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from trooper.keyset import as_array, member
 from trooper.spans import (
     DENSE_WEIGHT,
     LONG,
     SPAN,
-    FingerprintSet,
-    as_array,
     distinctive_atoms,
     fingerprints_of,
     folded_fingerprints,
     local_fingerprints,
-    member,
     pack,
     query_fingerprints,
     sorted_fingerprints,
@@ -247,42 +243,3 @@ def test_pack_and_unpack() -> None:
     assert unpack(data).dtype == np.uint64
     assert np.array_equal(unpack(data), values)
     assert unpack(b"").size == 0
-
-
-def test_a_fingerprint_set_merges_its_buffer_and_keeps_everything() -> None:
-    rng = np.random.default_rng(7)
-    batches = [rng.integers(0, 2**63, size=9000, dtype=np.uint64) for _ in range(5)]
-    fingerprints = FingerprintSet()
-    for batch in batches:
-        fingerprints.add(batch)
-    everything = np.unique(np.concatenate(batches))
-    assert len(fingerprints) == len(everything)
-    assert np.array_equal(fingerprints.values(), everything)
-    assert fingerprints.contains(everything).all()
-    assert not fingerprints.contains(everything + np.uint64(2**63)).any()
-    version = fingerprints.version
-    fingerprints.add(batches[0])  # nothing new, whether merged or buffered
-    fingerprints.add(as_array([]))
-    assert fingerprints.version == version
-    assert fingerprints.contains(as_array([])).tolist() == []
-
-
-class _SmallBuffer(FingerprintSet):
-    """The same set with a tiny buffer, so that a few additions exercise every merge."""
-
-    _MERGE_AT: ClassVar[int] = 4  # type: ignore[misc]
-
-
-@PROPERTY
-@given(st.lists(st.lists(st.integers(0, 40), max_size=8), max_size=10), st.lists(st.integers(0, 40), max_size=10))
-def test_a_fingerprint_set_is_a_set(batches: list[list[int]], probes: list[int]) -> None:
-    fingerprints, model = _SmallBuffer(), set[int]()
-    for batch in batches:
-        before = fingerprints.version
-        fingerprints.add(as_array(batch))
-        grew = not set(batch) <= model
-        model |= set(batch)
-        assert (fingerprints.version > before) is grew
-        assert len(fingerprints) == len(model)
-    assert fingerprints.values().tolist() == sorted(model)
-    assert fingerprints.contains(as_array(probes)).tolist() == [probe in model for probe in probes]

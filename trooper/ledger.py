@@ -30,6 +30,7 @@ from typing import Any, Final, Literal
 import attrs
 import numpy as np
 
+from trooper.keyset import U64, KeySet, as_array, difference, member, sorted_unique, union
 from trooper.lineage import (
     MESSAGE,
     Lineage,
@@ -46,13 +47,9 @@ from trooper.lineage import (
     tool_key_of,
 )
 from trooper.spans import (
-    U64,
-    FingerprintSet,
-    as_array,
     fingerprints_of,
     folded_fingerprints,
     local_fingerprints,
-    member,
     pack,
     query_fingerprints,
     sorted_fingerprints,
@@ -119,7 +116,7 @@ class LedgerRecord:
         shareable: bool = False,
     ) -> LedgerRecord:
         array = values if isinstance(values, np.ndarray) else as_array(list(values))
-        return cls(kind, pack(np.unique(array)), session, origin, shareable)
+        return cls(kind, pack(sorted_unique(array)), session, origin, shareable)
 
     def array(self) -> U64:
         return unpack(self.values)
@@ -136,15 +133,21 @@ def blob_value(digest: str) -> int:
 
 
 class LedgerIndex:
-    """Every fingerprint of the ledger, in memory, answering the questions of the walk and the filter."""
+    """Every fingerprint of the ledger, in memory, answering the questions of the walk and the filter.
+
+    Each kind of fingerprint is a :class:`~trooper.keyset.KeySet` — about nine bytes a key, because
+    the ledger is never pruned — for local content (strict), shareable fallback content (shared)
+    and cloud sightings (seen).
+    """
 
     def __init__(self, *, share_fallback: bool = False) -> None:
         self.share_fallback = share_fallback
-        self._strict: dict[str, set[int]] = collections.defaultdict(set)
-        self._shared: dict[str, set[int]] = collections.defaultdict(set)
-        self._spans = {scope: (FingerprintSet(), FingerprintSet()) for scope in ("produced", "received")}
-        self._tool_origins: dict[int, str] = {}
-        self._seen: dict[str, set[int]] = collections.defaultdict(set)
+        self._strict: dict[str, KeySet] = collections.defaultdict(KeySet)
+        self._shared: dict[str, KeySet] = collections.defaultdict(KeySet)
+        self._spans = {scope: (KeySet(), KeySet()) for scope in ("produced", "received")}
+        #: Local tool calls by (shareable, origin): a call recorded as forced anywhere is forced.
+        self._tools = {(shared, origin): KeySet() for shared in (False, True) for origin in ("forced", "fallback")}
+        self._seen: dict[str, KeySet] = collections.defaultdict(KeySet)
         self._holds_local = False
         #: Changes when content fingerprints are added (cached scans look again).
         self.version = 0
@@ -152,28 +155,34 @@ class LedgerIndex:
         self.context_verdicts: collections.OrderedDict[tuple[int, str], bool] = collections.OrderedDict()
 
     def add(self, records: Iterable[LedgerRecord]) -> None:
+        """Index records; the values bound for one set are added together (a read of many records
+        at start-up is then one merge per set, not one per record)."""
+        batches: dict[int, tuple[KeySet, list[U64]]] = {}
+        content = False
         for record in records:
             values = record.array()
             if not len(values):
                 continue
-            kind = record.kind
-            if kind.startswith("seen"):
-                self._seen[kind].update(values.tolist())
-                continue
-            self._holds_local = True
-            shared = record.shareable
-            if kind in _SPAN_KINDS:
-                strict, loose = self._spans[_SPAN_KINDS[kind]]
-                (loose if shared else strict).add(values)
-                self.version += 1
-                continue
-            (self._shared if shared else self._strict)[kind].update(values.tolist())
-            if kind.startswith("blob"):
-                self.version += 1
-            if kind == "tool":
-                for value in values.tolist():
-                    if self._tool_origins.get(value) != "forced":
-                        self._tool_origins[value] = "forced" if record.origin == "forced" else "fallback"
+            target = self._target(record)
+            batches.setdefault(id(target), (target, []))[1].append(values)
+            if not record.kind.startswith("seen"):
+                self._holds_local = True
+                content = content or record.kind in _SPAN_KINDS or record.kind.startswith("blob")
+        for target, parts in batches.values():
+            target.add(parts[0] if len(parts) == 1 else np.concatenate(parts))
+        if content:
+            self.version += 1
+
+    def _target(self, record: LedgerRecord) -> KeySet:
+        kind, shared = record.kind, record.shareable
+        if kind.startswith("seen"):
+            return self._seen[kind]
+        if kind in _SPAN_KINDS:
+            strict, loose = self._spans[_SPAN_KINDS[kind]]
+            return loose if shared else strict
+        if kind == "tool":
+            return self._tools[(shared, "forced" if record.origin == "forced" else "fallback")]
+        return (self._shared if shared else self._strict)[kind]
 
     @property
     def holds_local(self) -> bool:
@@ -181,14 +190,20 @@ class LedgerIndex:
         return self._holds_local
 
     def _has(self, kind: str, value: int) -> bool:
-        return value in self._strict[kind] or (not self.share_fallback and value in self._shared[kind])
+        strict = self._strict.get(kind)
+        if strict is not None and value in strict:
+            return True
+        shared = None if self.share_fallback else self._shared.get(kind)
+        return shared is not None and value in shared
 
     def _positional(self, kind: str, value: int, session: str) -> bool:
         """A key recorded for every session, or (for a short lineage) for this one."""
         if self._has(kind, value):
             return True
         bound = f"{kind}.session"
-        return bool(self._strict[bound] or self._shared[bound]) and self._has(bound, scoped(value, session))
+        if not (self._strict.get(bound) or self._shared.get(bound)):
+            return False
+        return self._has(bound, scoped(value, session))
 
     # --- what the walk asks (trooper.lineage.Provenance)
 
@@ -199,29 +214,37 @@ class LedgerIndex:
         return self._positional("prompt", value, session)
 
     def local_tool(self, tool_use_id: str) -> bool:
-        return self._has("tool", tool_key_of(tool_use_id))
+        value = tool_key_of(tool_use_id)
+        return any(value in tools for (shared, _), tools in self._tools.items() if not (shared and self.share_fallback))
 
     def seen(self, value: int) -> bool:
-        return value in self._seen["seen"]
+        seen = self._seen.get("seen")
+        return seen is not None and value in seen
 
     def seen_reply(self, value: int) -> bool:
-        return value in self._seen["seen.reply"]
+        seen = self._seen.get("seen.reply")
+        return seen is not None and value in seen
 
     @property
     def sightings(self) -> bool:
-        return bool(self._seen["seen"] or self._seen["seen.reply"])
+        return bool(self._seen.get("seen") or self._seen.get("seen.reply"))
 
     # --- what the filter and the engine ask
 
     def tool_origin(self, tool_use_id: str) -> str | None:
         """``forced``/``fallback`` for a local tool call (shareable or not: a loop keeps its route)."""
-        return self._tool_origins.get(tool_key_of(tool_use_id))
+        value = tool_key_of(tool_use_id)
+        for origin in ("forced", "fallback"):
+            if any(value in self._tools[(shared, origin)] for shared in (False, True)):
+                return origin
+        return None
 
     def local_context(self, value: int, session: str) -> bool:
         return self._positional("context", value, session)
 
     def seen_context(self, value: int) -> bool:
-        return value in self._seen["seen.context"]
+        seen = self._seen.get("seen.context")
+        return seen is not None and value in seen
 
     def span_hits(self, values: U64, scope: Scope | None) -> np.ndarray:
         """A mask over ``values``: which are spans of local content (``None``: produced or received)."""
@@ -237,11 +260,17 @@ class LedgerIndex:
         names = ("produced", "received") if scope is None else (scope,)
         return any(self._has(f"blob.{name}", value) for name in names)
 
+    def _sets(self) -> list[KeySet]:
+        spans = [keys for pair in self._spans.values() for keys in pair]
+        return [*self._strict.values(), *self._shared.values(), *self._seen.values(), *spans, *self._tools.values()]
+
     def size(self) -> int:
         """Fingerprints held (for reports and benchmarks)."""
-        sets = [*self._strict.values(), *self._shared.values(), *self._seen.values()]
-        spans = sum(len(strict) + len(loose) for strict, loose in self._spans.values())
-        return sum(len(item) for item in sets) + spans
+        return sum(len(keys) for keys in self._sets())
+
+    def nbytes(self) -> int:
+        """Roughly what the index holds in memory."""
+        return sum(keys.nbytes() for keys in self._sets())
 
 
 # ------------------------------------------------------------------------------- recording a local turn
@@ -292,7 +321,7 @@ class _Collector:
     def records(self) -> list[LedgerRecord]:
         out = [self.record(kind, values) for kind, values in self.keys.items() if values]
         for scope, parts in self.spans.items():
-            values = np.setdiff1d(np.concatenate(parts), self.base) if parts else None
+            values = difference(np.concatenate(parts), self.base) if parts else None
             if values is not None and len(values):
                 out.append(self.record(f"span.{scope}", values))  # type: ignore[arg-type]
         return out
@@ -460,11 +489,10 @@ class ReplyRecorder:
         self._folded_length[number] = len(folded)
         if not folded:
             return []
-        values = np.setdiff1d(folded_fingerprints(folded[start:]), self.base)
-        values = np.setdiff1d(values, self._recorded)
+        values = difference(difference(folded_fingerprints(folded[start:]), self.base), self._recorded)
         if not len(values):
             return []
-        self._recorded = np.union1d(self._recorded, values)
+        self._recorded = union(self._recorded, values)
         return [self._collect.record("span.produced", values)]
 
 
@@ -575,7 +603,7 @@ class _Scan:
         """Whether every matched fingerprint also occurs in what the cloud has received: then sending it
         again discloses nothing. Looks only for the few matched values, text by text, and stops as soon
         as all are found — matches are rare, and most requests never get here."""
-        missing = np.unique(hits)
+        missing = sorted_unique(hits)
         for block in reversed(self._seen_blocks()):  # what overlaps new content is mostly recent
             for text in block_texts(block):
                 if len(text) < 16:

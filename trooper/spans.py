@@ -28,16 +28,15 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
 from trooper._memo import Memo
+from trooper.keyset import U64, sorted_unique
 from trooper.text import fold
-
-U64 = npt.NDArray[np.uint64]
 
 #: Characters a distinctive span needs before it is recognised.
 SPAN: Final = 16
@@ -269,7 +268,7 @@ def folded_fingerprints(folded: str) -> U64:
     parts = [_long_selected(codes)]
     if len(hashes):
         parts.append(hashes[_distinctive_starts(folded, len(hashes))])
-    return np.unique(np.concatenate(parts))
+    return sorted_unique(np.concatenate(parts))
 
 
 def _query_fingerprints(text: str) -> U64:
@@ -290,7 +289,7 @@ query_fingerprints = Memo(_query_fingerprints, budget=1 << 20, weigh=len)
 
 
 def _sorted_fingerprints(text: str) -> U64:
-    result = np.unique(query_fingerprints(text))
+    result = sorted_unique(query_fingerprints(text))
     result.setflags(write=False)
     return result
 
@@ -302,61 +301,7 @@ sorted_fingerprints = Memo(_sorted_fingerprints, budget=1 << 20, weigh=len)
 def fingerprints_of(texts: Iterable[str]) -> U64:
     """Every span fingerprint of several texts, as one sorted array (what the cloud already has)."""
     parts = [query_fingerprints(text) for text in texts if text]
-    return np.unique(np.concatenate(parts)) if parts else _EMPTY
-
-
-class FingerprintSet:
-    """A set of 64-bit fingerprints: a sorted array plus a small sorted buffer of recent additions.
-
-    Eight bytes a fingerprint, and membership of a whole query array in two binary searches; the
-    buffer keeps each addition cheap while a reply is being recorded delta by delta.
-    """
-
-    _MERGE_AT: Final = 1 << 15
-
-    def __init__(self) -> None:
-        self._main: U64 = _EMPTY
-        self._recent: U64 = _EMPTY
-        #: Changes whenever fingerprints are added, so cached lookups know when to look again.
-        self.version = 0
-
-    def __len__(self) -> int:
-        return len(self._main) + len(self._recent)
-
-    def add(self, values: U64) -> None:
-        if not len(values):
-            return
-        fresh = np.setdiff1d(values, self._recent, assume_unique=False)
-        if len(self._main) and len(fresh):
-            fresh = fresh[~member(self._main, fresh)]
-        if not len(fresh):
-            return
-        self._recent = np.union1d(self._recent, fresh)
-        if len(self._recent) >= self._MERGE_AT:
-            self._main = np.union1d(self._main, self._recent)
-            self._recent = _EMPTY
-        self.version += 1
-
-    def contains(self, values: U64) -> npt.NDArray[np.bool_]:
-        """A mask over ``values``: which of them are in the set."""
-        if not len(values):
-            return np.zeros(0, dtype=np.bool_)
-        found = member(self._main, values)
-        if len(self._recent):
-            found |= member(self._recent, values)
-        return found
-
-    def values(self) -> U64:
-        return np.union1d(self._main, self._recent)
-
-
-def member(sorted_values: U64, values: U64) -> npt.NDArray[np.bool_]:
-    """A mask over ``values``: which of them are in ``sorted_values`` (sorted, unique)."""
-    if not len(sorted_values):
-        return np.zeros(len(values), dtype=np.bool_)
-    where = np.searchsorted(sorted_values, values)
-    where[where == len(sorted_values)] = 0
-    return np.asarray(sorted_values[where] == values)
+    return sorted_unique(np.concatenate(parts)) if parts else _EMPTY
 
 
 def pack(values: U64) -> bytes:
@@ -368,21 +313,14 @@ def unpack(data: bytes) -> U64:
     return np.frombuffer(data, dtype="<u8").astype(np.uint64)
 
 
-def as_array(values: Sequence[int]) -> U64:
-    return np.fromiter(values, dtype=np.uint64, count=len(values))
-
-
 __all__ = [
     "DENSE_WEIGHT",
     "LONG",
     "SPAN",
-    "FingerprintSet",
-    "as_array",
     "distinctive_atoms",
     "fingerprints_of",
     "folded_fingerprints",
     "local_fingerprints",
-    "member",
     "pack",
     "query_fingerprints",
     "sorted_fingerprints",
