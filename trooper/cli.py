@@ -74,7 +74,7 @@ def serve(
 
     from trooper.audit import configure_logging
     from trooper.config import store_location
-    from trooper.startup import bind, bind_error, refusal, supervise
+    from trooper.startup import bind, bind_error, refusal, return_large_frees_to_the_system, supervise
 
     try:
         server_config = attrs.evolve(
@@ -91,6 +91,7 @@ def serve(
     if problem is not None:
         _fail(problem)
     configure_logging(config.server.log_level)
+    return_large_frees_to_the_system()
     try:
         sock = bind(config.server.host, config.server.port)
     except OSError as exc:

@@ -22,6 +22,7 @@ import time
 import traceback
 from collections.abc import Callable
 from types import FrameType
+from typing import Final
 
 from trooper.config import Config
 from trooper.doctor import Check, upstream_checks
@@ -32,6 +33,30 @@ _CONSEQUENCE = {
     "local provider": "local turns fail (closed) until Ollama answers (ollama serve)",
     "local model": "local turns fail (closed) until it is pulled",
 }
+
+
+#: ``mallopt``'s parameter number for the mmap threshold in glibc's ``malloc.h``.
+_M_MMAP_THRESHOLD: Final = -3
+
+
+def return_large_frees_to_the_system() -> bool:
+    """Ask glibc's allocator to give large freed blocks back to the system at once.
+
+    The ledger's index rebuilds its sorted arrays as it grows; glibc raises its mmap threshold each
+    time such an array is freed, after which freed arrays stay in the process's heap and resident
+    memory keeps the high-water mark of every rebuild. A fixed threshold (glibc's own starting
+    value) keeps resident memory close to what the index holds. Elsewhere than glibc, nothing.
+    """
+    try:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("c")
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = getattr(libc, "mallopt", None)
+        return bool(mallopt is not None and mallopt(_M_MMAP_THRESHOLD, 128 * 1024) == 1)
+    except OSError:
+        return False
 
 
 def is_loopback(host: str) -> bool:
