@@ -39,7 +39,7 @@ from trooper.memory.tokens import (
     classify,
 )
 from trooper.memory.truncate import MARKER_PREFIX, marker, truncate_text
-from trooper.memory.turns import Turn, is_prompt, message_text, segment, turn_fingerprint
+from trooper.memory.turns import HistoryTurn, is_prompt, message_text, segment, turn_fingerprint
 
 __all__ = [
     "ANCHOR_TURNS",
@@ -54,6 +54,7 @@ __all__ = [
     "Compaction",
     "ContentKind",
     "ExtractCache",
+    "HistoryTurn",
     "ModelSummary",
     "Section",
     "Sitrep",
@@ -63,7 +64,6 @@ __all__ = [
     "SummaryRequest",
     "TextEstimator",
     "TokenEstimator",
-    "Turn",
     "classify",
     "compact",
     "context_from_show",

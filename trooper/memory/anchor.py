@@ -16,7 +16,7 @@ import attrs
 
 from trooper.memory.tokens import TokenEstimator
 from trooper.memory.truncate import fit_turns
-from trooper.memory.turns import Turn
+from trooper.memory.turns import HistoryTurn
 
 __all__ = ["ANCHOR_TURNS", "Layer", "anchor_count", "build_anchor"]
 
@@ -35,12 +35,12 @@ class Layer:
     truncated: tuple[int, ...] = ()
 
 
-def anchor_count(turns: Sequence[Turn]) -> int:
+def anchor_count(turns: Sequence[HistoryTurn]) -> int:
     """Number of Anchor turns: the first two, never the current (last) turn, which belongs to the Tail."""
     return max(0, min(ANCHOR_TURNS, len(turns) - 1))
 
 
-def build_anchor(turns: Sequence[Turn], counts: Sequence[int], alloc: int, estimator: TokenEstimator) -> Layer:
+def build_anchor(turns: Sequence[HistoryTurn], counts: Sequence[int], alloc: int, estimator: TokenEstimator) -> Layer:
     """The Anchor layer within ``alloc`` tokens (verbatim when it fits, else truncated with markers)."""
     fitted, tokens, cut = fit_turns([t.messages for t in turns], counts, alloc, estimator)
     messages = tuple(m for msgs in fitted for m in msgs)

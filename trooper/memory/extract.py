@@ -29,7 +29,7 @@ from trooper.memory._lexicon import (
     STOPWORDS,
     TOOL_ARG_KEYS,
 )
-from trooper.memory.turns import Turn, blocks, is_prompt, json_text
+from trooper.memory.turns import HistoryTurn, blocks, content_text, is_prompt, json_text
 
 if TYPE_CHECKING:
     from trooper.memory.cache import ExtractCache
@@ -429,7 +429,7 @@ def extract_turn(messages: Sequence[Mapping[str, Any]]) -> TurnExtract:
             elif kind == "tool_use":
                 uses.append((str(block.get("id", "")), str(block.get("name", "tool")), block.get("input")))
             elif kind == "tool_result":
-                text = "\n".join(_flat_text(block.get("content", "")))
+                text = content_text(block.get("content", ""))
                 results[str(block.get("tool_use_id", ""))] = (text, bool(block.get("is_error")))
     for tid, name, tool_input in uses:
         result = results.pop(tid, None)
@@ -443,7 +443,7 @@ def extract_turn(messages: Sequence[Mapping[str, Any]]) -> TurnExtract:
     return TurnExtract(tuple(cands), frozenset(b.terms), frozenset(b.ekeys), frozenset(c.key for c in cands))
 
 
-def extract_of(turn: Turn, cache: ExtractCache | None) -> TurnExtract:
+def extract_of(turn: HistoryTurn, cache: ExtractCache | None) -> TurnExtract:
     """The turn's extract, memoised by fingerprint."""
     if cache is None:
         return extract_turn(turn.messages)
@@ -451,12 +451,6 @@ def extract_of(turn: Turn, cache: ExtractCache | None) -> TurnExtract:
     if info.extract is None:
         info.extract = extract_turn(turn.messages)
     return info.extract
-
-
-def _flat_text(content: Any) -> Iterable[str]:
-    for block in blocks(content):
-        if block.get("type") == "text":
-            yield str(block.get("text", ""))
 
 
 def _text(b: _Builder, text: str, role: str, prompt: bool) -> None:

@@ -30,7 +30,7 @@ from trooper.memory.cache import ExtractCache
 from trooper.memory.extract import Candidate, extract_of
 from trooper.memory.sitrep import salience
 from trooper.memory.tokens import TextStats, TokenEstimator
-from trooper.memory.turns import Turn, TurnIndex, is_prompt, json_bytes, prompt_starts
+from trooper.memory.turns import HistoryTurn, TurnIndex, is_prompt, json_bytes, prompt_starts
 
 __all__ = ["ConversationState", "open_state", "turn_tokens"]
 
@@ -39,7 +39,7 @@ Row = tuple[float, int, int, Candidate]
 UNSTABLE_TURNS: Final = 2
 
 
-def turn_tokens(turn: Turn, estimator: TokenEstimator, cache: ExtractCache | None = None) -> int:
+def turn_tokens(turn: HistoryTurn, estimator: TokenEstimator, cache: ExtractCache | None = None) -> int:
     """Tokens of a whole turn, memoised per (fingerprint, estimator key)."""
     if cache is None:
         return sum(estimator.count_message(m) for m in turn.messages)
@@ -151,7 +151,7 @@ class ConversationState:
             self.prefix += memoryview(_dump(messages[self.stable_msgs : stop]))[1:-1]
         self.stable, self.stable_msgs = stable, stop
 
-    def rank(self, turns: Sequence[Turn], upto: int, cache: ExtractCache | None) -> None:
+    def rank(self, turns: Sequence[HistoryTurn], upto: int, cache: ExtractCache | None) -> None:
         """Extend the SITREP ranking to turns ``1..upto`` (``upto`` ≤ ``len(fps)``)."""
         start = len(self.turn_terms)
         bulk = upto - start > 16

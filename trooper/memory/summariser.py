@@ -28,7 +28,7 @@ from trooper.memory.cache import ExtractCache
 from trooper.memory.compaction import Budget, compact
 from trooper.memory.tokens import CalibratedEstimator, TokenEstimator
 from trooper.memory.truncate import truncate_text
-from trooper.memory.turns import Turn, blocks, json_text, segment
+from trooper.memory.turns import HistoryTurn, block_text, blocks, segment
 
 __all__ = [
     "DEFAULT_INSTRUCTIONS",
@@ -60,7 +60,7 @@ class SummaryRequest:
     previous: str | None
     first: int
     last: int
-    turns: tuple[Turn, ...]
+    turns: tuple[HistoryTurn, ...]
     #: ``turns`` rendered as text, each turn headed ``[tN]``.
     transcript: str
     #: Target length of the new SITREP.
@@ -90,7 +90,7 @@ Summariser = Callable[[SummaryRequest], str]
 AsyncSummariser = Callable[[SummaryRequest], Awaitable[str]]
 
 
-def render_turns(turns: Sequence[Turn]) -> str:
+def render_turns(turns: Sequence[HistoryTurn]) -> str:
     """Turns as plain text for a summariser, long blocks clipped."""
     out: list[str] = []
     for turn in turns:
@@ -103,15 +103,15 @@ def render_turns(turns: Sequence[Turn]) -> str:
 
 
 def _block_text(block: Mapping[str, Any]) -> str:
+    """A block labelled by kind (the summariser must tell a tool call from what the user said)."""
     kind = block.get("type")
-    if kind == "text":
-        text = str(block.get("text", ""))
-    elif kind == "tool_use":
-        text = f"(tool call {block.get('name')}) {json_text(block.get('input', {}))}"
+    body = block_text(block)
+    if kind == "tool_use":
+        text = f"(tool call) {body}"
     elif kind == "tool_result":
-        inner = block.get("content", "")
-        body = inner if isinstance(inner, str) else " ".join(str(b.get("text", "")) for b in blocks(inner))
         text = f"(tool result{' ERROR' if block.get('is_error') else ''}) {body}"
+    elif kind in ("text", "thinking"):
+        text = body
     else:
         text = f"({kind})"
     return text if len(text) <= _BLOCK_CHARS else text[:_BLOCK_CHARS] + " …"
@@ -168,7 +168,7 @@ class SitrepWriter:
         if previous is not None and previous.last >= last:
             return None  # current (it may reach into the Tail: compaction accepts that)
         start = previous.last + 1 if previous is not None else first
-        chunk: list[Turn] = []
+        chunk: list[HistoryTurn] = []
         used = 0
         for turn in turns[start - 1 : last]:
             cost = self._estimator.count(render_turns([turn]))

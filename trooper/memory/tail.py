@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from trooper.memory.anchor import Layer
 from trooper.memory.tokens import TokenEstimator
 from trooper.memory.truncate import fit_turn
-from trooper.memory.turns import Turn
+from trooper.memory.turns import HistoryTurn
 
 __all__ = ["build_current", "pack_tail"]
 
@@ -35,7 +35,7 @@ def pack_tail(counts: Sequence[int], start: int, stop: int, budget: int) -> int:
     return i
 
 
-def build_current(turn: Turn, count: int, alloc: int, estimator: TokenEstimator) -> Layer:
+def build_current(turn: HistoryTurn, count: int, alloc: int, estimator: TokenEstimator) -> Layer:
     """The current turn within ``alloc`` tokens (verbatim when it fits)."""
     if count <= alloc:
         return Layer(tuple(dict(m) for m in turn.messages), count, (turn.number,))
