@@ -7,7 +7,7 @@ every layer's tokens; an :class:`ExtractCache` shared across requests makes it i
 
 One module per concept: :mod:`.tokens` (estimation), :mod:`.turns` (segmentation, fingerprints),
 :mod:`.extract` (per-turn SITREP candidates), :mod:`.sitrep` (ranking, packing, rendering),
-:mod:`.anchor`, :mod:`.tail`, :mod:`.truncate` (markers), :mod:`.state` and :mod:`.cache`
+:mod:`.layers` (Anchor and Tail), :mod:`.truncate` (markers), :mod:`.state` and :mod:`.cache`
 (incremental work), :mod:`.compaction` (the budget policy and :func:`compact`), :mod:`.summariser`
 (the optional model-written SITREP).
 
@@ -15,7 +15,6 @@ Everything returned here is derived from every turn, local ones included: it is 
 never be sent to a cloud provider (DESIGN §6).
 """
 
-from trooper.memory.anchor import ANCHOR_TURNS
 from trooper.memory.cache import CacheStats, ExtractCache
 from trooper.memory.compaction import (
     DEFAULT_CONTEXT_TOKENS,
@@ -27,6 +26,7 @@ from trooper.memory.compaction import (
     resolve_context,
 )
 from trooper.memory.extract import Section, extract_turn
+from trooper.memory.layers import ANCHOR_TURNS
 from trooper.memory.sitrep import Sitrep, SitrepEntry
 from trooper.memory.state import turn_tokens
 from trooper.memory.summariser import AsyncSummariser, ModelSummary, SitrepWriter, Summariser, SummaryRequest

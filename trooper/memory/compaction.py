@@ -32,12 +32,11 @@ from typing import Any, Final
 
 import attrs
 
-from trooper.memory.anchor import anchor_count, build_anchor
 from trooper.memory.cache import ExtractCache
 from trooper.memory.extract import TurnExtract, extract_of
+from trooper.memory.layers import anchor_count, build_anchor, build_current, pack_tail
 from trooper.memory.sitrep import Sitrep, build_sitrep, restrict
 from trooper.memory.state import ConversationState, open_state, turn_tokens
-from trooper.memory.tail import build_current, pack_tail
 from trooper.memory.tokens import CalibratedEstimator, TokenEstimator
 from trooper.memory.turns import TurnIndex
 
