@@ -22,11 +22,9 @@ from trooper.memory import (
     SummaryRequest,
     classify,
     compact,
-    context_from_show,
     extract_turn,
     is_prompt,
     message_text,
-    resolve_context,
     segment,
     truncate_text,
     turn_fingerprint,
@@ -407,7 +405,6 @@ def test_layers_are_anchor_then_sitrep_then_tail() -> None:
     total = sum(EST.count_message(m) for m in out) + result.layers["system"] + result.layers["tools"]
     assert total == result.layers["total"] <= budget.context_tokens - budget.reserved_output
     assert result.layers["total"] == sum(result.layers[k] for k in ("anchor", "sitrep", "tail", "system", "tools"))
-    assert result.headers["x-trooper-memory-sitrep"] == str(result.layers["sitrep"])
     assert_pairs_intact(out)
     for entry in result.sitrep.entries:
         assert all(t in src["sitrep"] for t in entry.turns)
@@ -546,19 +543,6 @@ def test_extract_cache_is_bounded() -> None:
 
 
 # ------------------------------------------------------------------------------------- ollama show
-
-
-def test_context_from_show() -> None:
-    show = {"model_info": {"general.architecture": "qwen3", "qwen3.context_length": 40960, "x.context_length": 8}}
-    assert context_from_show(show) == 40960
-    assert context_from_show({"model_info": {"llama.context_length": 8192, "clip.context_length": 4096}}) == 4096
-    assert context_from_show({"model_info": {}}) is None
-    assert context_from_show({}) is None
-    assert context_from_show({"model_info": {"a.context_length": "oops"}}) is None
-    assert resolve_context(16384, show) == 16384
-    assert resolve_context(None, show) == 40960
-    assert resolve_context(None, None) == 8192
-    assert resolve_context(None, show, cap=32768) == 32768
 
 
 # ------------------------------------------------------------------------------- model-written SITREP

@@ -17,13 +17,10 @@ never be sent to a cloud provider (DESIGN §6).
 
 from trooper.memory.cache import CacheStats, ExtractCache
 from trooper.memory.compaction import (
-    DEFAULT_CONTEXT_TOKENS,
     Budget,
     BudgetTooSmall,
     Compaction,
     compact,
-    context_from_show,
-    resolve_context,
 )
 from trooper.memory.extract import Section, extract_turn
 from trooper.memory.layers import ANCHOR_TURNS
@@ -43,7 +40,6 @@ from trooper.memory.turns import HistoryTurn, is_prompt, message_text, segment, 
 
 __all__ = [
     "ANCHOR_TURNS",
-    "DEFAULT_CONTEXT_TOKENS",
     "MARKER_PREFIX",
     "AsyncSummariser",
     "Budget",
@@ -66,12 +62,10 @@ __all__ = [
     "TokenEstimator",
     "classify",
     "compact",
-    "context_from_show",
     "extract_turn",
     "is_prompt",
     "marker",
     "message_text",
-    "resolve_context",
     "segment",
     "truncate_text",
     "turn_fingerprint",

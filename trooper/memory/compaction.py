@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any
 
 import attrs
 
@@ -40,20 +40,7 @@ from trooper.memory.state import ConversationState, open_state, turn_tokens
 from trooper.memory.tokens import CalibratedEstimator, TokenEstimator
 from trooper.memory.turns import TurnIndex
 
-__all__ = [
-    "DEFAULT_CONTEXT_TOKENS",
-    "Budget",
-    "BudgetTooSmall",
-    "Compaction",
-    "compact",
-    "context_from_show",
-    "resolve_context",
-    "turn_tokens",
-]
-
-#: Context assumed when neither the configuration nor ``/api/show`` gives one: every current local
-#: model of interest supports it, and it is above Ollama's small default that silently truncates.
-DEFAULT_CONTEXT_TOKENS: Final = 8192
+__all__ = ["Budget", "BudgetTooSmall", "Compaction", "compact", "turn_tokens"]
 
 
 def _non_negative(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
@@ -117,69 +104,6 @@ class Compaction:
     #: Whether anything was dropped or summarised (``False``: the messages are the input, unchanged).
     compacted: bool = False
     sitrep: Sitrep | None = None
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """The layer counts as response headers (``x-trooper-memory-*``)."""
-        out = {f"x-trooper-memory-{k}": str(v) for k, v in self.layers.items()}
-        out["x-trooper-memory-num-ctx"] = str(self.num_ctx)
-        return out
-
-
-def context_from_show(show_response: Mapping[str, Any]) -> int | None:
-    """The context window from an Ollama ``/api/show`` response (``model_info["<arch>.context_length"]``).
-
-    Prefers the key of ``general.architecture``; otherwise takes the smallest ``*.context_length`` (a
-    multimodal model may report several, and the smaller is the safe one).
-    """
-    info = show_response.get("model_info")
-    if not isinstance(info, Mapping):
-        return None
-    arch = info.get("general.architecture")
-    if isinstance(arch, str):
-        value = _positive_int(info.get(f"{arch}.context_length"))
-        if value is not None:
-            return value
-    found = [
-        v
-        for k, raw in info.items()
-        if isinstance(k, str) and k.endswith(".context_length")
-        for v in (_positive_int(raw),)
-        if v is not None
-    ]
-    return min(found) if found else None
-
-
-def _positive_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int) and value > 0:
-        return value
-    if isinstance(value, float) and value.is_integer() and value > 0:
-        return int(value)
-    if isinstance(value, str) and value.isdigit() and int(value) > 0:
-        return int(value)
-    return None
-
-
-def resolve_context(
-    configured: int | None,
-    show_response: Mapping[str, Any] | None = None,
-    *,
-    default: int = DEFAULT_CONTEXT_TOKENS,
-    cap: int | None = None,
-) -> int:
-    """Configured context, else the model's own (``/api/show``), else ``default``; at most ``cap``.
-
-    ``cap`` exists because a 128K-context model given ``num_ctx=131072`` makes Ollama allocate the whole
-    KV cache up front.
-    """
-    value = configured if configured and configured > 0 else None
-    if value is None and show_response is not None:
-        value = context_from_show(show_response)
-    if value is None:
-        value = default
-    return min(value, cap) if cap else value
 
 
 def _span(start: int, stop: int) -> tuple[int, ...]:
