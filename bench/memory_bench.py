@@ -41,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trooper.memory import Budget, CalibratedEstimator, ExtractCache, compact, message_text, segment, turn_tokens
+from trooper.memory import Budget, CalibratedEstimator, CompactionCache, compact, message_text, segment, turn_tokens
 
 Message = dict[str, Any]
 
@@ -642,7 +642,7 @@ def run_survival() -> tuple[list[str], dict[float, dict[str, float]]]:
             budget = int(frac * middle_tokens)
             usable = anchor_t + tail_t + budget
             b = Budget(context_tokens=usable, reserved_output=0, sitrep_share=(budget - 0.5) / usable)
-            result = compact(msgs, budget=b, estimator=est, cache=ExtractCache())
+            result = compact(msgs, budget=b, estimator=est, cache=CompactionCache())
             out = texts(result.messages)
             sitrep_text = result.sitrep.text if result.sitrep else ""
             s_tokens = result.layers["sitrep"]
@@ -700,14 +700,14 @@ def run_timing() -> list[str]:
     size = len(texts(base))
     cold: list[float] = []
     for _ in range(3):
-        cache = ExtractCache()
+        cache = CompactionCache()
         t0 = time.perf_counter()
         compact(base, budget=budget, estimator=est, cache=cache)
         cold.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
     uncached = compact(base, budget=budget, estimator=est)
     no_cache = time.perf_counter() - t0
-    cache = ExtractCache()
+    cache = CompactionCache()
     compact(base, budget=budget, estimator=est, cache=cache)
     gc.collect()  # start the timed runs without garbage left over from the cold runs above
     warm: list[float] = []

@@ -15,8 +15,8 @@ from trooper.memory import (
     BudgetTooSmall,
     CalibratedEstimator,
     CallableEstimator,
+    CompactionCache,
     ContentKind,
-    ExtractCache,
     Section,
     SitrepWriter,
     SummaryRequest,
@@ -30,8 +30,8 @@ from trooper.memory import (
     turn_fingerprint,
 )
 from trooper.memory.extract import find_entities, split_sentences
+from trooper.memory.incremental import ConversationState
 from trooper.memory.sitrep import build_sitrep
-from trooper.memory.state import ConversationState
 from trooper.memory.truncate import fit_turn, waterfill
 from trooper.memory.turns import TurnIndex, prompt_starts
 
@@ -474,7 +474,7 @@ def test_no_sitrep_when_there_is_no_room_for_one() -> None:
 def test_cache_gives_identical_results_and_hits() -> None:
     msgs = conversation(60)
     budget = Budget(3000, 500)
-    cache = ExtractCache()
+    cache = CompactionCache()
     cold = compact(msgs, budget=budget)
     first = compact(msgs, budget=budget, cache=cache)
     misses = cache.stats().turn_misses
@@ -489,7 +489,7 @@ def test_cache_gives_identical_results_and_hits() -> None:
 def test_incremental_turn_costs_only_new_extracts() -> None:
     msgs = conversation(80)
     budget = Budget(3000, 500)
-    cache = ExtractCache()
+    cache = CompactionCache()
     compact(msgs, budget=budget, cache=cache)
     before = cache.stats()
     longer = [*msgs, assistant("Here is the plan."), user("Go on.")]
@@ -502,7 +502,7 @@ def test_incremental_turn_costs_only_new_extracts() -> None:
 def test_edited_history_rewinds_and_moved_cache_control_is_harmless() -> None:
     msgs = conversation(60)
     budget = Budget(3000, 500)
-    cache = ExtractCache()
+    cache = CompactionCache()
     compact(msgs, budget=budget, cache=cache)
     edited = copy.deepcopy(msgs)
     edited[10] = user("An edited message about db-99.acme.internal that changes the middle.")
@@ -523,7 +523,7 @@ def test_edited_history_rewinds_and_moved_cache_control_is_harmless() -> None:
 def test_calibration_change_recounts() -> None:
     msgs = conversation(40)
     est = CalibratedEstimator()
-    cache = ExtractCache()
+    cache = CompactionCache()
     budget = Budget(3000, 500)
     compact(msgs, budget=budget, estimator=est, cache=cache)
     for _ in range(10):
@@ -534,7 +534,7 @@ def test_calibration_change_recounts() -> None:
 
 
 def test_extract_cache_is_bounded() -> None:
-    cache = ExtractCache(maxsize=10, max_prefixes=2)
+    cache = CompactionCache(maxsize=10, max_prefixes=2)
     for i in range(5):
         compact(conversation(8 + i), budget=Budget(1500, 0), cache=cache)
     assert len(cache) <= 10
@@ -551,7 +551,7 @@ def test_extract_cache_is_bounded() -> None:
 def test_model_written_sitrep_is_stored_and_used() -> None:
     msgs = conversation(40)
     budget = Budget(2500, 500)
-    cache = ExtractCache()
+    cache = CompactionCache()
     seen: list[SummaryRequest] = []
 
     def summarise(request: SummaryRequest) -> str:
@@ -565,13 +565,13 @@ def test_model_written_sitrep_is_stored_and_used() -> None:
     summary = writer.refresh(msgs, budget=budget)
     assert summary is not None and summary.first == 3 and seen[0].previous is None
     assert writer.plan(msgs, budget=budget) is None  # up to date
-    after = compact(msgs, budget=budget, cache=cache)
+    after = compact(msgs, budget=budget, cache=cache, summaries=writer.store)
     assert after.sitrep is not None and after.sitrep.kind in ("model", "mixed")
     assert "replicas summarised up to turn" in after.sitrep.text
     assert after.layers["total"] <= 2000
     # A longer history: the stored summary covers a prefix; extractive entries cover the rest.
     longer = [*msgs, assistant("ok"), *conversation(10)[4:]]
-    mixed = compact(longer, budget=budget, cache=cache)
+    mixed = compact(longer, budget=budget, cache=cache, summaries=writer.store)
     assert mixed.sitrep is not None and mixed.sitrep.model_turns == (3, summary.last)
     step = writer.plan(longer, budget=budget)
     assert step is not None and step.previous == summary.text and step.turns[0].number == summary.last + 1
@@ -580,7 +580,7 @@ def test_model_written_sitrep_is_stored_and_used() -> None:
 def test_model_summariser_can_be_async_and_chunks_long_backlogs() -> None:
     msgs = conversation(40)
     budget = Budget(2500, 500)
-    cache = ExtractCache()
+    cache = CompactionCache()
 
     async def summarise(request: SummaryRequest) -> str:
         await asyncio.sleep(0)
@@ -600,7 +600,7 @@ def test_model_summariser_can_be_async_and_chunks_long_backlogs() -> None:
 def test_shorter_or_regenerated_history_after_a_long_one() -> None:
     msgs = conversation(30)
     budget = Budget(2500, 500)
-    cache = ExtractCache()
+    cache = CompactionCache()
     compact(msgs, budget=budget, cache=cache)
     for cut in (4, 6, 10, len(msgs) - 1):
         shorter = msgs[:-cut]

@@ -19,7 +19,7 @@ from trooper.memory import (
     Budget,
     BudgetTooSmall,
     CalibratedEstimator,
-    ExtractCache,
+    CompactionCache,
     compact,
     is_prompt,
     message_text,
@@ -218,7 +218,7 @@ def test_deterministic_and_cache_invisible(case: tuple[list[Message], Budget], c
     """Any sequence of requests through one cache (growing, shrinking, regenerated) equals cold runs."""
     msgs, budget = case
 
-    def run(history: list[Message], cache: ExtractCache | None) -> Any:
+    def run(history: list[Message], cache: CompactionCache | None) -> Any:
         try:
             return compact(history, budget=budget, estimator=EST, cache=cache)
         except BudgetTooSmall as exc:
@@ -226,7 +226,7 @@ def test_deterministic_and_cache_invisible(case: tuple[list[Message], Budget], c
 
     cold = run(msgs, None)
     assert run(msgs, None) == cold
-    cache = ExtractCache()
+    cache = CompactionCache()
     for cut in cuts:
         history = msgs[: max(1, len(msgs) - cut)]
         assert run(history, cache) == run(history, None)

@@ -16,7 +16,7 @@ import attrs
 
 from trooper.config import Config
 from trooper.controls import TROOPER_FIELDS
-from trooper.memory import Budget, CalibratedEstimator, ExtractCache, compact
+from trooper.memory import Budget, CalibratedEstimator, CompactionCache, compact
 from trooper.providers.base import LocalProvider, ProviderError
 from trooper.turn import LocalContext
 
@@ -46,7 +46,7 @@ class Memory:
         self.estimator = CalibratedEstimator()
         # Bounded well below the memory package's default: entries hold per-turn extracts, and a
         # long-running proxy sees many conversations (the soak bench measured ~5 KiB of RSS a turn).
-        self.cache = ExtractCache(maxsize=2_000)
+        self.cache = CompactionCache(maxsize=2_000)
         self._calibrations: OrderedDict[str, _Calibration] = OrderedDict()
 
     def estimator_for(self, session: str) -> CalibratedEstimator:

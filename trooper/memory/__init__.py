@@ -3,30 +3,31 @@
 A local model does not get the raw history: it gets the first two turns verbatim (Anchor), a compressed
 abstraction of the middle turns (SITREP) and the newest turns that fit (Tail), sized to its context
 window. :func:`compact` builds that request — purely, synchronously, deterministically — and reports
-every layer's tokens; an :class:`ExtractCache` shared across requests makes it incremental. See DESIGN §7.
+every layer's tokens; a :class:`CompactionCache` shared across requests makes it incremental.
 
-One module per concept: :mod:`.tokens` (estimation), :mod:`.turns` (segmentation, fingerprints),
-:mod:`.extract` (per-turn SITREP candidates), :mod:`.sitrep` (ranking, packing, rendering),
-:mod:`.layers` (Anchor and Tail), :mod:`.truncate` (markers), :mod:`.state` and :mod:`.cache`
-(incremental work), :mod:`.compaction` (the budget policy and :func:`compact`), :mod:`.summariser`
-(the optional model-written SITREP).
+One module per concept: :mod:`.tokens` (estimation), :mod:`.turns` (segmentation, fingerprints, block
+text), :mod:`.extract` (per-turn SITREP candidates), :mod:`.sitrep` (ranking, packing, rendering),
+:mod:`.layers` (Anchor and Tail), :mod:`.truncate` (markers), :mod:`.incremental` (memoisation and
+running conversation states), :mod:`.compaction` (the budget policy and :func:`compact`),
+:mod:`.summariser` (the optional model-written SITREP).
 
 Everything returned here is derived from every turn, local ones included: it is local content and must
-never be sent to a cloud provider (DESIGN §6).
+never be sent to a cloud provider.
 """
 
-from trooper.memory.cache import CacheStats, ExtractCache
-from trooper.memory.compaction import (
-    Budget,
-    BudgetTooSmall,
-    Compaction,
-    compact,
-)
+from trooper.memory.compaction import Budget, BudgetTooSmall, Compaction, SummarySource, compact
 from trooper.memory.extract import Section, extract_turn
+from trooper.memory.incremental import CacheStats, CompactionCache, turn_tokens
 from trooper.memory.layers import ANCHOR_TURNS
 from trooper.memory.sitrep import Sitrep, SitrepEntry
-from trooper.memory.state import turn_tokens
-from trooper.memory.summariser import AsyncSummariser, ModelSummary, SitrepWriter, Summariser, SummaryRequest
+from trooper.memory.summariser import (
+    AsyncSummariser,
+    ModelSummary,
+    SitrepWriter,
+    Summariser,
+    SummaryRequest,
+    SummaryStore,
+)
 from trooper.memory.tokens import (
     CalibratedEstimator,
     CallableEstimator,
@@ -48,8 +49,8 @@ __all__ = [
     "CalibratedEstimator",
     "CallableEstimator",
     "Compaction",
+    "CompactionCache",
     "ContentKind",
-    "ExtractCache",
     "HistoryTurn",
     "ModelSummary",
     "Section",
@@ -58,6 +59,8 @@ __all__ = [
     "SitrepWriter",
     "Summariser",
     "SummaryRequest",
+    "SummarySource",
+    "SummaryStore",
     "TextEstimator",
     "TokenEstimator",
     "classify",

@@ -1,7 +1,7 @@
 """Compaction: assemble Anchor + SITREP + Tail for a local request within the local model's window.
 
 :func:`compact` is pure, synchronous and deterministic (no I/O, no clock), so it can run as the
-conversation machine's transition callback (DESIGN §4). Its output is a valid Messages ``messages``
+conversation machine's transition callback. Its output is a valid Messages ``messages``
 list plus an account of every layer's tokens and the turns each layer covers.
 
 Budget policy (the order in which tokens are handed out), with ``usable = context − reserved output −
@@ -21,26 +21,35 @@ The assembled request never exceeds ``usable`` according to the estimator; when 
 of the Anchor and the current turn cannot fit, :class:`BudgetTooSmall` is raised — a forced-local turn
 must fail loudly rather than send a request the local model would silently truncate.
 
-Privacy: the result is built from every turn, local ones included; it is local content (DESIGN §6).
+Privacy: the result is built from every turn, local ones included; it is local content and must never
+reach a cloud provider.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
-from trooper.memory.cache import ExtractCache
-from trooper.memory.extract import TurnExtract, extract_of
+from trooper.memory.extract import TurnExtract
+from trooper.memory.incremental import CompactionCache, ConversationState, extract_of, open_state, turn_tokens
 from trooper.memory.layers import anchor_count, build_anchor, build_current, pack_tail
 from trooper.memory.sitrep import Sitrep, build_sitrep, restrict
-from trooper.memory.state import ConversationState, open_state, turn_tokens
 from trooper.memory.tokens import CalibratedEstimator, TokenEstimator
 from trooper.memory.turns import TurnIndex
 
-__all__ = ["Budget", "BudgetTooSmall", "Compaction", "compact", "turn_tokens"]
+
+class SummarySource(Protocol):
+    """Where compaction finds a model-written SITREP (:class:`~trooper.memory.summariser.SummaryStore`)."""
+
+    def covering(self, turns: TurnIndex, lo: int, complete: int) -> tuple[str, int] | None:
+        """The newest summary starting at turn index ``lo`` that matches ``turns``: ``(text, last)``."""
+        ...
+
+
+__all__ = ["Budget", "BudgetTooSmall", "Compaction", "SummarySource", "compact"]
 
 
 def _non_negative(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
@@ -118,12 +127,14 @@ def compact(
     system: str | list[Any] | None = None,
     tools: Sequence[Mapping[str, Any]] | None = None,
     estimator: TokenEstimator | None = None,
-    cache: ExtractCache | None = None,
+    cache: CompactionCache | None = None,
+    summaries: SummarySource | None = None,
 ) -> Compaction:
     """Build the local request's messages: Anchor + SITREP + Tail within ``budget``.
 
     Pure and deterministic: the same arguments give the same result, with or without a warm ``cache``
-    (the cache only saves work). Raises :class:`BudgetTooSmall` when the Anchor and the current turn
+    (the cache only saves work). ``summaries`` offers model-written SITREPs (used when one matches
+    this history and fits). Raises :class:`BudgetTooSmall` when the Anchor and the current turn
     cannot fit even truncated.
     """
     est: TokenEstimator = estimator if estimator is not None else CalibratedEstimator()
@@ -142,6 +153,7 @@ def compact(
             budget=budget,
             estimator=est,
             cache=cache,
+            summaries=summaries,
             system_tokens=system_tokens,
             tools_tokens=tools_tokens,
         ).run()
@@ -162,7 +174,8 @@ class _Assembly:
         state: ConversationState,
         budget: Budget,
         estimator: TokenEstimator,
-        cache: ExtractCache | None,
+        cache: CompactionCache | None,
+        summaries: SummarySource | None,
         system_tokens: int,
         tools_tokens: int,
     ) -> None:
@@ -173,6 +186,7 @@ class _Assembly:
         self.budget = budget
         self.est = estimator
         self.cache = cache
+        self.summaries = summaries
         self.system_tokens = system_tokens
         self.tools_tokens = tools_tokens
         self.usable = budget.usable(system_tokens, tools_tokens)
@@ -324,8 +338,8 @@ class _Assembly:
         """The SITREP over ``turns[lo:stop]``: a stored model-written one if it fits, else extractive."""
         turns, ranked = self.turns, self.state.ranked
         first, last = turns[lo].number, turns[stop - 1].number
-        if self.cache is not None:
-            stored = _stored_summary(turns, lo, stop, self.cache)
+        if self.summaries is not None:
+            stored = self.summaries.covering(turns, lo, len(turns) - 1)
             if stored is not None:
                 text, upto = stored
                 mixed = build_sitrep(
@@ -372,29 +386,3 @@ class _Visible:
 
     def keys(self) -> frozenset[str]:
         return frozenset().union(*self._keys)
-
-
-def _stored_summary(turns: TurnIndex, lo: int, stop: int, cache: ExtractCache) -> tuple[str, int] | None:
-    """The newest model-written summary that starts at the middle and matches this history.
-
-    It may reach past the middle into the Tail (written when the Tail was shorter): the overlap is
-    redundant, not wrong, and it avoids discarding a summary every time the Tail moves.
-    """
-    stored = cache.summaries(turns.fingerprint(0))
-    if not stored:
-        return None
-    complete = len(turns) - 1
-    fps: tuple[bytes, ...] | None = None
-    best: tuple[str, int] | None = None
-    for key, value in stored:
-        end = len(key)
-        text = getattr(value, "text", None)
-        if end <= lo or end > complete or getattr(value, "first", None) != lo + 1 or not isinstance(text, str):
-            continue
-        if best is not None and end <= best[1]:
-            continue
-        if fps is None:
-            fps = tuple(turns.fingerprints(complete))
-        if key == fps[:end]:
-            best = (text, end)
-    return best

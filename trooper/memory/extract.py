@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from trooper.memory._lexicon import (
     CONSTRAINT_RE,
@@ -29,17 +29,13 @@ from trooper.memory._lexicon import (
     STOPWORDS,
     TOOL_ARG_KEYS,
 )
-from trooper.memory.turns import HistoryTurn, blocks, content_text, is_prompt, json_text
-
-if TYPE_CHECKING:
-    from trooper.memory.cache import ExtractCache
+from trooper.memory.turns import blocks, content_text, is_prompt, json_text
 
 __all__ = [
     "Candidate",
     "Entity",
     "Section",
     "TurnExtract",
-    "extract_of",
     "extract_turn",
     "find_entities",
     "split_sentences",
@@ -441,16 +437,6 @@ def extract_turn(messages: Sequence[Mapping[str, Any]]) -> TurnExtract:
         keep = sorted(cands, key=lambda c: (-c.prior - sum(c.weights), c.seq))[:MAX_CANDIDATES]
         cands = sorted(keep, key=lambda c: c.seq)
     return TurnExtract(tuple(cands), frozenset(b.terms), frozenset(b.ekeys), frozenset(c.key for c in cands))
-
-
-def extract_of(turn: HistoryTurn, cache: ExtractCache | None) -> TurnExtract:
-    """The turn's extract, memoised by fingerprint."""
-    if cache is None:
-        return extract_turn(turn.messages)
-    info = cache.turn(turn.fingerprint)
-    if info.extract is None:
-        info.extract = extract_turn(turn.messages)
-    return info.extract
 
 
 def _text(b: _Builder, text: str, role: str, prompt: bool) -> None:

@@ -18,7 +18,7 @@ Greedy packing keeps a set of covered entities: entities already shown verbatim 
 chosen entry do not buy a bare fact a second place. De-duplication merges identical entries from several
 turns into one entry with several tags.
 
-Privacy: a SITREP built from local turns is local content (DESIGN §6) and must never reach the cloud.
+Privacy: a SITREP built from local turns is local content and must never reach the cloud.
 """
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ def build_sitrep(
     """Pack the best candidates of turns ``first..last`` into ``budget`` tokens.
 
     ``ranked`` is the running ranking (best first) of a prefix of the conversation that includes
-    ``first..last`` (see :class:`~trooper.memory.state.ConversationState`).
+    ``first..last`` (see :class:`~trooper.memory.incremental.ConversationState`).
 
     ``covered`` holds entity keys already visible verbatim elsewhere in the request and ``visible`` the
     de-duplication keys of entries whose sentence is visible there (neither earns a place). ``preface``

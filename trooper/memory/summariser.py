@@ -7,13 +7,13 @@ The default SITREP is extractive and needs no model. This module adds the recurs
    compaction, with the shared cache, to learn which turns the SITREP covers now);
 2. it runs the returned :class:`SummaryRequest` through the injected summariser — sync
    (:meth:`SitrepWriter.run`) or async (:meth:`SitrepWriter.arun`), in the background;
-3. the result is stored in the :class:`~trooper.memory.cache.ExtractCache` under the fingerprints of the
-   turns it covers, and the next :func:`~trooper.memory.compaction.compact` uses it when it still
-   matches the history, adding extractive entries for turns evicted since. Until then, and whenever it
-   does not fit, compaction stays extractive, so the request path never waits for a model.
+3. the result is kept in the writer's :class:`SummaryStore` under the fingerprints of the turns it
+   covers, and the next :func:`~trooper.memory.compaction.compact` given that store uses it when it
+   still matches the history, adding extractive entries for turns evicted since. Until then, and
+   whenever it does not fit, compaction stays extractive, so the request path never waits for a model.
 
 Privacy: the summariser must be a *local* model — its input is the conversation, local turns included,
-and its output is local content (DESIGN §6).
+and its output is local content that must never reach a cloud provider.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from typing import Any, Final
 
 import attrs
 
-from trooper.memory.cache import ExtractCache
+from trooper.memory._lru import LRU
 from trooper.memory.compaction import Budget, compact
+from trooper.memory.incremental import CompactionCache
 from trooper.memory.tokens import CalibratedEstimator, TokenEstimator
 from trooper.memory.truncate import truncate_text
-from trooper.memory.turns import HistoryTurn, block_text, blocks, segment
+from trooper.memory.turns import HistoryTurn, TurnIndex, block_text, blocks, segment
 
 __all__ = [
     "DEFAULT_INSTRUCTIONS",
@@ -37,6 +38,7 @@ __all__ = [
     "SitrepWriter",
     "Summariser",
     "SummaryRequest",
+    "SummaryStore",
     "render_turns",
 ]
 
@@ -86,6 +88,52 @@ class ModelSummary:
     last: int
 
 
+class SummaryStore:
+    """Model-written SITREPs by the fingerprints of the turns they cover (``1..last``), bounded (LRU).
+
+    Keyed by the whole fingerprint chain, so a summary is only ever used for the history it was
+    written from: an edited or regenerated turn changes the chain and the summary no longer matches.
+    """
+
+    def __init__(self, maxsize: int = 256) -> None:
+        self._data: LRU[tuple[bytes, ...], ModelSummary] = LRU(maxsize)
+
+    def put(self, key: tuple[bytes, ...], summary: ModelSummary) -> None:
+        self._data.put(key, summary)
+
+    def get(self, key: tuple[bytes, ...]) -> ModelSummary | None:
+        return self._data.get(key)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def starting(self, first: bytes) -> list[tuple[tuple[bytes, ...], ModelSummary]]:
+        """The stored summaries whose turn chain starts with ``first`` (few per conversation)."""
+        return [(k, v) for k, v in self._data.items() if k and k[0] == first]
+
+    def covering(self, turns: TurnIndex, lo: int, complete: int) -> tuple[str, int] | None:
+        """The newest summary that starts at turn index ``lo`` and matches this history: ``(text, last)``.
+
+        It may reach past ``lo`` into what is now the Tail (written when the Tail was shorter): the
+        overlap is redundant, not wrong, and it avoids discarding a summary every time the Tail moves.
+        It never reaches the current turn (index ``complete``), which no summary can have seen.
+        """
+        stored = self.starting(turns.fingerprint(0))
+        fps: tuple[bytes, ...] | None = None
+        best: tuple[str, int] | None = None
+        for key, value in stored:
+            end = len(key)
+            if end <= lo or end > complete or value.first != lo + 1:
+                continue
+            if best is not None and end <= best[1]:
+                continue
+            if fps is None:
+                fps = tuple(turns.fingerprints(complete))
+            if key == fps[:end]:
+                best = (value.text, end)
+        return best
+
+
 Summariser = Callable[[SummaryRequest], str]
 AsyncSummariser = Callable[[SummaryRequest], Awaitable[str]]
 
@@ -129,12 +177,15 @@ class SitrepWriter:
         self,
         summariser: Summariser | AsyncSummariser,
         *,
-        cache: ExtractCache,
+        cache: CompactionCache | None = None,
+        store: SummaryStore | None = None,
         estimator: TokenEstimator | None = None,
         max_chunk_tokens: int = 6000,
     ) -> None:
         self._summariser = summariser
         self._cache = cache
+        #: Where the summaries are kept; pass it to :func:`~trooper.memory.compaction.compact`.
+        self.store = store if store is not None else SummaryStore()
         self._estimator: TokenEstimator = estimator if estimator is not None else CalibratedEstimator()
         self._max_chunk = max_chunk_tokens
 
@@ -148,7 +199,13 @@ class SitrepWriter:
     ) -> SummaryRequest | None:
         """The next summarisation step for this history, or ``None`` when the stored one is current."""
         result = compact(
-            messages, budget=budget, system=system, tools=tools, estimator=self._estimator, cache=self._cache
+            messages,
+            budget=budget,
+            system=system,
+            tools=tools,
+            estimator=self._estimator,
+            cache=self._cache,
+            summaries=self.store,
         )
         span = result.sources["sitrep"] or result.sources["dropped"]
         if not span:
@@ -157,13 +214,8 @@ class SitrepWriter:
         turns = segment(messages)
         fps = tuple(t.fingerprint for t in turns)
         previous: ModelSummary | None = None
-        for key, value in self._cache.summaries(fps[0]):
-            if (
-                isinstance(value, ModelSummary)
-                and value.first == first
-                and key == fps[: len(key)]
-                and (previous is None or value.last > previous.last)
-            ):
+        for key, value in self.store.starting(fps[0]):
+            if value.first == first and key == fps[: len(key)] and (previous is None or value.last > previous.last):
                 previous = value
         if previous is not None and previous.last >= last:
             return None  # current (it may reach into the Tail: compaction accepts that)
@@ -193,7 +245,7 @@ class SitrepWriter:
             raise TypeError(f"a summariser must return str, got {type(text).__name__}")
         text = truncate_text(text.strip(), request.max_tokens, self._estimator)
         summary = ModelSummary(text, request.first, request.last)
-        self._cache.put_summary(request.key, summary)
+        self.store.put(request.key, summary)
         return summary
 
     def run(self, request: SummaryRequest) -> ModelSummary:

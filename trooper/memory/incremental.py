@@ -1,13 +1,18 @@
-"""The running state of one conversation's memory, advanced turn by turn.
+"""Incremental compaction: what is memoised per turn, and the running state of each conversation.
 
-Why: a local streak re-sends the whole history on every request. Everything per turn is memoised by
-fingerprint in the :class:`~trooper.memory.cache.ExtractCache`, but even segmenting, hashing and looking
-up 1,000 turns one by one costs more than the budget of an incremental compaction (a few
-milliseconds). So the state keeps, for a verified prefix of the conversation, what compaction needs in
-bulk: turn boundaries, fingerprints, token counts (for one estimator key) and the SITREP ranking (causal
-document frequencies and ranked candidates, see :mod:`trooper.memory.sitrep`).
+Why: a local streak re-sends the whole history every request, and compaction must cost O(new
+content), not O(history). Two things make that so, and :class:`CompactionCache` holds both:
 
-Verification fast path: the state also keeps the raw serialised messages of its *stable* prefix —
+* **Per-turn memos**, keyed by the turn's fingerprint: everything derived from one turn's content
+  alone (its extract, its token count under a given estimator). :func:`extract_of` and
+  :func:`turn_tokens` are the only ways in.
+* **Running conversation states** (:class:`ConversationState`): even segmenting, hashing and looking
+  up 1,000 turns one by one costs more than an incremental compaction may, so a state keeps, for a
+  verified prefix of one conversation, what compaction needs in bulk — turn boundaries, fingerprints,
+  token counts (for one estimator key) and the SITREP ranking (causal document frequencies and ranked
+  candidates, see :mod:`trooper.memory.sitrep`) — and is moved forward turn by turn.
+
+Verification fast path: a state also keeps the raw serialised messages of its *stable* prefix —
 every covered turn but the last two, because clients move ``cache_control`` markers around the newest
 messages. A request whose first messages serialise to exactly those bytes (one ``memcmp``, cheaper than
 hashing them again) has exactly those turns (same boundaries, same fingerprints), so only the newer
@@ -15,9 +20,14 @@ turns are segmented and fingerprinted. Any difference (an edited, reformatted or
 falls back to fingerprinting every turn and rewinding the state to the common prefix: slower, never
 wrong. The price is memory: one serialised copy of each cached conversation's history.
 
-A state is owned by one caller at a time: :func:`open_state` removes it from the cache and the caller
-puts it back with :meth:`ExtractCache.checkin`, so in-place updates never race. Results never depend on
-the state being warm: everything it holds is a pure function of the turns it covers.
+The cache is a pure memo: results never depend on whether it was warm (the tests compare cold and
+warm outputs). It may be shared by many conversations; it is bounded (LRU) so it never grows without
+limit. It is safe under the GIL for concurrent readers because a running state is owned by one caller
+at a time: :func:`open_state` removes it from the cache and the caller puts it back with
+:meth:`CompactionCache.checkin`, so in-place updates never race.
+
+Privacy: the cached data is derived from conversation content and must be treated like the content
+itself (it never leaves the process).
 """
 
 from __future__ import annotations
@@ -26,31 +36,204 @@ import bisect
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Final
 
-from trooper.memory.cache import ExtractCache
-from trooper.memory.extract import Candidate, extract_of
+import attrs
+
+from trooper.memory._lru import LRU
+from trooper.memory.extract import Candidate, TurnExtract, extract_turn
 from trooper.memory.sitrep import salience
 from trooper.memory.tokens import TextStats, TokenEstimator
 from trooper.memory.turns import HistoryTurn, TurnIndex, is_prompt, json_bytes, prompt_starts
 
-__all__ = ["ConversationState", "open_state", "turn_tokens"]
+__all__ = [
+    "CacheStats",
+    "CompactionCache",
+    "ConversationState",
+    "TurnMemo",
+    "extract_of",
+    "open_state",
+    "turn_tokens",
+]
 
 Row = tuple[float, int, int, Candidate]
 #: Newest covered turns left out of the stable digest (their ``cache_control`` markers move).
 UNSTABLE_TURNS: Final = 2
+#: Running states kept per first-turn fingerprint (conversations forking from the same first turn).
+_STATES_PER_FIRST_TURN: Final = 4
 
 
-def turn_tokens(turn: HistoryTurn, estimator: TokenEstimator, cache: ExtractCache | None = None) -> int:
+class TurnMemo:
+    """What is memoised for one turn fingerprint: its extract and its token count per estimator."""
+
+    __slots__ = ("counts", "extract")
+
+    def __init__(self) -> None:
+        self.extract: TurnExtract | None = None
+        #: estimator key → tokens of the whole turn. Few keys ever (one per calibration step).
+        self.counts: dict[Hashable, int] = {}
+
+
+@attrs.frozen
+class CacheStats:
+    """Counters for tests, ``trooper doctor`` and the benchmark."""
+
+    turn_hits: int
+    turn_misses: int
+    turns: int
+    prefix_hits: int
+    prefix_misses: int
+    prefixes: int
+
+
+class CompactionCache:
+    """Bounded memo for compaction (see the module docstring).
+
+    ``maxsize`` bounds the number of turns remembered (each holds the turn's extract: a few hundred
+    bytes to a few KB, so the default stays within tens of MB); ``max_prefixes`` bounds the running
+    states (one per active conversation, each about the size of its serialised history plus its
+    ranking).
+    """
+
+    def __init__(self, maxsize: int = 20_000, max_prefixes: int = 64) -> None:
+        self._turns: LRU[bytes, TurnMemo] = LRU(maxsize)
+        self._states: LRU[bytes, list[ConversationState]] = LRU(max_prefixes)
+        self.turn_hits = 0
+        self.turn_misses = 0
+        self.prefix_hits = 0
+        self.prefix_misses = 0
+
+    # ----------------------------------------------------------------------------------- turns
+
+    def turn(self, fingerprint: bytes) -> TurnMemo:
+        """The memo entry of a turn, created empty on a miss."""
+        memo = self._turns.get(fingerprint)
+        if memo is None:
+            self.turn_misses += 1
+            memo = TurnMemo()
+            self._turns.put(fingerprint, memo)
+        else:
+            self.turn_hits += 1
+        return memo
+
+    def __contains__(self, fingerprint: object) -> bool:
+        return fingerprint in self._turns
+
+    def __len__(self) -> int:
+        return len(self._turns)
+
+    # -------------------------------------------------------------------------- running states
+
+    def checkout(self, fps: list[bytes]) -> ConversationState | None:
+        """Take (remove) the running state that shares the longest prefix with ``fps``.
+
+        States are grouped by their first turn's fingerprint; the caller owns the returned state until
+        it calls :meth:`checkin`, which is what makes in-place updates safe.
+        """
+        if not fps:
+            return None
+        group = self._states.get(fps[0])
+        best: ConversationState | None = None
+        best_len = 0
+        if group:
+            for state in list(group):
+                n = _common_prefix(state.fps, fps)
+                if n > best_len:
+                    best, best_len = state, n
+        if best is None or group is None:
+            self.prefix_misses += 1
+            return None
+        try:
+            group.remove(best)
+        except ValueError:  # taken concurrently
+            self.prefix_misses += 1
+            return None
+        self.prefix_hits += 1
+        return best
+
+    def candidates(self, first: bytes) -> list[ConversationState]:
+        """A snapshot of the running states whose first turn has fingerprint ``first``."""
+        group = self._states.get(first)
+        return list(group) if group else []
+
+    def take(self, first: bytes, state: ConversationState) -> bool:
+        """Remove ``state`` (found by :meth:`candidates`) so the caller owns it; False if already taken."""
+        group = self._states.get(first)
+        try:
+            if group is None:
+                raise ValueError
+            group.remove(state)
+        except ValueError:
+            self.prefix_misses += 1
+            return False
+        self.prefix_hits += 1
+        return True
+
+    def checkin(self, state: ConversationState) -> None:
+        """Return a running state (keyed by the fingerprints it now covers)."""
+        if not state.fps:
+            return
+        group = self._states.get(state.fps[0])
+        if group is None:
+            group = []
+            self._states.put(state.fps[0], group)
+        group.append(state)
+        while len(group) > _STATES_PER_FIRST_TURN:  # keep the newest few
+            group.pop(0)
+
+    # ----------------------------------------------------------------------------------- misc
+
+    def stats(self) -> CacheStats:
+        return CacheStats(
+            turn_hits=self.turn_hits,
+            turn_misses=self.turn_misses,
+            turns=len(self._turns),
+            prefix_hits=self.prefix_hits,
+            prefix_misses=self.prefix_misses,
+            prefixes=sum(len(g) for g in self._states.values()),
+        )
+
+    def clear(self) -> None:
+        self._turns.clear()
+        self._states.clear()
+        self.turn_hits = self.turn_misses = self.prefix_hits = self.prefix_misses = 0
+
+
+def _common_prefix(a: list[bytes], b: list[bytes]) -> int:
+    """Length of the common prefix of two fingerprint chains (fast path: one is a prefix)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo] holds; a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def extract_of(turn: HistoryTurn, cache: CompactionCache | None) -> TurnExtract:
+    """The turn's extract, memoised by fingerprint."""
+    if cache is None:
+        return extract_turn(turn.messages)
+    memo = cache.turn(turn.fingerprint)
+    if memo.extract is None:
+        memo.extract = extract_turn(turn.messages)
+    return memo.extract
+
+
+def turn_tokens(turn: HistoryTurn, estimator: TokenEstimator, cache: CompactionCache | None = None) -> int:
     """Tokens of a whole turn, memoised per (fingerprint, estimator key)."""
     if cache is None:
         return sum(estimator.count_message(m) for m in turn.messages)
-    info = cache.turn(turn.fingerprint)
+    memo = cache.turn(turn.fingerprint)
     key = estimator.key
-    value = info.counts.get(key)
+    value = memo.counts.get(key)
     if value is None:
         value = sum(estimator.count_message(m) for m in turn.messages)
-        if len(info.counts) >= 4:  # old calibration steps
-            info.counts.pop(next(iter(info.counts)))
-        info.counts[key] = value
+        if len(memo.counts) >= 4:  # old calibration steps
+            memo.counts.pop(next(iter(memo.counts)))
+        memo.counts[key] = value
     return value
 
 
@@ -128,7 +311,7 @@ class ConversationState:
             self.stable = self.stable_msgs = 0
             self.prefix = bytearray()
 
-    def sync(self, turns: TurnIndex, upto: int, estimator: TokenEstimator, cache: ExtractCache | None) -> None:
+    def sync(self, turns: TurnIndex, upto: int, estimator: TokenEstimator, cache: CompactionCache | None) -> None:
         """Cover turns ``1..upto`` with boundaries, fingerprints and token counts; extend the digest."""
         key = estimator.key
         if key != self.counts_key:
@@ -151,7 +334,7 @@ class ConversationState:
             self.prefix += memoryview(_dump(messages[self.stable_msgs : stop]))[1:-1]
         self.stable, self.stable_msgs = stable, stop
 
-    def rank(self, turns: Sequence[HistoryTurn], upto: int, cache: ExtractCache | None) -> None:
+    def rank(self, turns: Sequence[HistoryTurn], upto: int, cache: CompactionCache | None) -> None:
         """Extend the SITREP ranking to turns ``1..upto`` (``upto`` ≤ ``len(fps)``)."""
         start = len(self.turn_terms)
         bulk = upto - start > 16
@@ -205,7 +388,7 @@ def _resume(messages: Sequence[Mapping[str, Any]], state: ConversationState) -> 
 
 
 def open_state(
-    messages: Sequence[Mapping[str, Any]], cache: ExtractCache | None
+    messages: Sequence[Mapping[str, Any]], cache: CompactionCache | None
 ) -> tuple[ConversationState, TurnIndex]:
     """The turns of ``messages`` and the running state for them, rewound to what they share.
 
@@ -214,17 +397,13 @@ def open_state(
     if cache is not None and messages:
         first = _first_fingerprint(messages)
         for candidate in cache.candidates(first):
-            if (
-                isinstance(candidate, ConversationState)
-                and _verify(messages, candidate)
-                and cache.take(first, candidate)
-            ):
+            if _verify(messages, candidate) and cache.take(first, candidate):
                 return candidate, _resume(messages, candidate)
     turns = TurnIndex(messages, prompt_starts(messages))
     complete = max(0, len(turns) - 1)
     fps = turns.fingerprints(complete)
     state = cache.checkout(fps) if cache is not None else None
-    if not isinstance(state, ConversationState):
+    if state is None:
         return ConversationState(), turns
     limit = min(len(state.fps), len(fps))
     common = limit
