@@ -641,7 +641,7 @@ def run_survival() -> tuple[list[str], dict[float, dict[str, float]]]:
         for frac in FRACTIONS:
             budget = int(frac * middle_tokens)
             usable = anchor_t + tail_t + budget
-            b = Budget(context_tokens=usable, reserved_output=0, sitrep_share=(budget - 0.5) / usable)
+            b = Budget(context_tokens=usable)
             result = compact(msgs, budget=b, estimator=est, cache=CompactionCache())
             out = texts(result.messages)
             sitrep_text = result.sitrep.text if result.sitrep else ""

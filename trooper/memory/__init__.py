@@ -5,29 +5,24 @@ abstraction of the middle turns (SITREP) and the newest turns that fit (Tail), s
 window. :func:`compact` builds that request — purely, synchronously, deterministically — and reports
 every layer's tokens; a :class:`CompactionCache` shared across requests makes it incremental.
 
+The SITREP is chosen by salience: sentences and clauses of the conversation, in their speakers' words,
+worth what they add that is rare in the conversation and not yet shown, grouped by session date, work
+marked done or open.
+
 One module per concept: :mod:`.tokens` (estimation), :mod:`.turns` (segmentation, fingerprints, block
-text), :mod:`.extract` (per-turn SITREP candidates), :mod:`.sitrep` (ranking, packing, rendering),
-:mod:`.layers` (Anchor and Tail), :mod:`.truncate` (markers), :mod:`.incremental` (memoisation and
-running conversation states), :mod:`.compaction` (the budget policy and :func:`compact`),
-:mod:`.summariser` (the optional model-written SITREP).
+text), :mod:`.extract` (a turn's units), :mod:`.sitrep` (selection and rendering), :mod:`.layers`
+(Anchor and Tail), :mod:`.truncate` (markers), :mod:`.incremental` (memoisation and running
+conversation states), :mod:`.compaction` (the budget policy and :func:`compact`).
 
 Everything returned here is derived from every turn, local ones included: it is local content and must
 never be sent to a cloud provider.
 """
 
-from trooper.memory.compaction import Budget, BudgetTooSmall, Compaction, SummarySource, compact
-from trooper.memory.extract import Section, extract_turn
+from trooper.memory.compaction import Budget, BudgetTooSmall, Compaction, compact
+from trooper.memory.extract import Unit, UnitKind, extract_turn
 from trooper.memory.incremental import CacheStats, CompactionCache, turn_tokens
 from trooper.memory.layers import ANCHOR_TURNS
 from trooper.memory.sitrep import Sitrep, SitrepEntry
-from trooper.memory.summariser import (
-    AsyncSummariser,
-    ModelSummary,
-    SitrepWriter,
-    Summariser,
-    SummaryRequest,
-    SummaryStore,
-)
 from trooper.memory.tokens import (
     CalibratedEstimator,
     CallableEstimator,
@@ -42,7 +37,6 @@ from trooper.memory.turns import HistoryTurn, is_prompt, message_text, segment, 
 __all__ = [
     "ANCHOR_TURNS",
     "MARKER_PREFIX",
-    "AsyncSummariser",
     "Budget",
     "BudgetTooSmall",
     "CacheStats",
@@ -52,17 +46,12 @@ __all__ = [
     "CompactionCache",
     "ContentKind",
     "HistoryTurn",
-    "ModelSummary",
-    "Section",
     "Sitrep",
     "SitrepEntry",
-    "SitrepWriter",
-    "Summariser",
-    "SummaryRequest",
-    "SummarySource",
-    "SummaryStore",
     "TextEstimator",
     "TokenEstimator",
+    "Unit",
+    "UnitKind",
     "classify",
     "compact",
     "extract_turn",

@@ -9,8 +9,9 @@ content), not O(history). Two things make that so, and :class:`CompactionCache` 
 * **Running conversation states** (:class:`ConversationState`): even segmenting, hashing and looking
   up 1,000 turns one by one costs more than an incremental compaction may, so a state keeps, for a
   verified prefix of one conversation, what compaction needs in bulk — turn boundaries, fingerprints,
-  token counts (for one estimator key) and the SITREP ranking (causal document frequencies and ranked
-  candidates, see :mod:`trooper.memory.sitrep`) — and is moved forward turn by turn.
+  token counts (for one estimator key), the SITREP's statistics (document frequencies, how much each
+  role writes, session dates), where the Tail stands and the last SITREP built — and is moved forward
+  turn by turn.
 
 Verification fast path: a state also keeps the raw serialised messages of its *stable* prefix —
 every covered turn but the last two, because clients move ``cache_control`` markers around the newest
@@ -32,29 +33,31 @@ itself (it never leaves the process).
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
 
+from trooper.memory._dates import SessionDate
 from trooper.memory._lru import LRU
-from trooper.memory.extract import Candidate, TurnExtract, extract_turn
-from trooper.memory.sitrep import salience
-from trooper.memory.tokens import TextStats, TokenEstimator
+from trooper.memory.extract import TurnExtract, extract_turn, visible_terms
+from trooper.memory.sitrep import Selection, unit_line
+from trooper.memory.tokens import TokenEstimator
 from trooper.memory.turns import HistoryTurn, TurnIndex, is_prompt, json_bytes, prompt_starts
 
 __all__ = [
     "CacheStats",
     "CompactionCache",
     "ConversationState",
+    "Epoch",
     "TurnMemo",
     "extract_of",
+    "line_costs",
     "open_state",
     "turn_tokens",
+    "visible_of",
 ]
 
-Row = tuple[float, int, int, Candidate]
 #: Newest covered turns left out of the stable digest (their ``cache_control`` markers move).
 UNSTABLE_TURNS: Final = 2
 #: Running states kept per first-turn fingerprint (conversations forking from the same first turn).
@@ -64,12 +67,16 @@ _STATES_PER_FIRST_TURN: Final = 4
 class TurnMemo:
     """What is memoised for one turn fingerprint: its extract and its token count per estimator."""
 
-    __slots__ = ("counts", "extract")
+    __slots__ = ("counts", "extract", "lines", "visible")
 
     def __init__(self) -> None:
         self.extract: TurnExtract | None = None
+        #: The terms the turn shows when it is kept verbatim (computed only for turns that are).
+        self.visible: frozenset[str] | None = None
         #: estimator key → tokens of the whole turn. Few keys ever (one per calibration step).
         self.counts: dict[Hashable, int] = {}
+        #: estimator key → tokens of each unit's SITREP line.
+        self.lines: dict[Hashable, tuple[int, ...]] = {}
 
 
 @attrs.frozen
@@ -222,6 +229,16 @@ def extract_of(turn: HistoryTurn, cache: CompactionCache | None) -> TurnExtract:
     return memo.extract
 
 
+def visible_of(turn: HistoryTurn, cache: CompactionCache | None) -> frozenset[str]:
+    """The terms a turn shows verbatim, memoised by fingerprint."""
+    if cache is None:
+        return visible_terms(turn.messages)
+    memo = cache.turn(turn.fingerprint)
+    if memo.visible is None:
+        memo.visible = visible_terms(turn.messages)
+    return memo.visible
+
+
 def turn_tokens(turn: HistoryTurn, estimator: TokenEstimator, cache: CompactionCache | None = None) -> int:
     """Tokens of a whole turn, memoised per (fingerprint, estimator key)."""
     if cache is None:
@@ -237,27 +254,74 @@ def turn_tokens(turn: HistoryTurn, estimator: TokenEstimator, cache: CompactionC
     return value
 
 
+def line_costs(turn: HistoryTurn, estimator: TokenEstimator, cache: CompactionCache | None) -> tuple[int, ...]:
+    """Tokens of each unit's SITREP line (without a date note), memoised per (fingerprint, estimator)."""
+    extract = extract_of(turn, cache)
+    if cache is None:
+        return tuple(estimator.count(unit_line(u)) + 1 for u in extract.units)
+    memo = cache.turn(turn.fingerprint)
+    key = estimator.key
+    value = memo.lines.get(key)
+    if value is None:
+        value = tuple(estimator.count(unit_line(u)) + 1 for u in extract.units)
+        if len(memo.lines) >= 4:
+            memo.lines.pop(next(iter(memo.lines)))
+        memo.lines[key] = value
+    return value
+
+
 def _dump(messages: Sequence[Mapping[str, Any]]) -> bytes:
     return json_bytes(list(messages))
 
 
+@attrs.define
+class Epoch:
+    """The Tail's start and its allotment, carried from request to request.
+
+    Compaction (:mod:`trooper.memory.compaction`) keeps the SITREP unchanged while the Tail grows into
+    its allotment; this is where that stands after stepping through the conversation's complete
+    turns, so the next request only steps through the turns added since. A pure function of those
+    turns' token counts and the budget (``key``): a cold state steps through them all and lands on the
+    same values.
+    """
+
+    key: Hashable
+    #: Turn indexes below this have been stepped through as the current turn.
+    done: int = 0
+    #: Where the Tail starts (a turn index), or ``None`` when the last step needed no SITREP.
+    cut: int | None = None
+    #: The turn that was current when the Tail last moved (the SITREP is built as of then).
+    start: int = 0
+    #: The Tail's tokens when it last moved.
+    base: int = 0
+    #: Tokens the Tail may grow to before it moves again.
+    allot: int = 0
+
+
 class ConversationState:
-    """Boundaries, fingerprints and token counts of turns ``1..len(fps)``, and the SITREP ranking."""
+    """What compaction knows about turns ``1..len(fps)`` of one conversation (all complete turns).
+
+    Boundaries, fingerprints and token counts; the SITREP's statistics (document frequencies of the
+    units' terms, how much each role writes, the session date in effect at each turn); the Tail's
+    :class:`Epoch`; and the last SITREP built, keyed by everything it depends on.
+    """
 
     __slots__ = (
-        "costs",
-        "costs_key",
+        "chars",
         "counts",
         "counts_key",
+        "date",
         "df",
+        "epoch",
         "fps",
-        "line_stats",
+        "memo",
         "prefix",
-        "ranked",
         "stable",
         "stable_msgs",
         "starts",
-        "turn_terms",
+        "turn_chars",
+        "turn_date",
+        "turn_df",
     )
 
     def __init__(self) -> None:
@@ -265,45 +329,49 @@ class ConversationState:
         self.starts: list[int] = []
         self.counts: list[int] = []
         self.counts_key: Hashable = None
+        #: Term → units containing it, over the indexed turns.
         self.df: dict[str, int] = {}
-        #: Sorted ascending by (-salience, turn, seq): best first. Keys are unique, so insertion order
-        #: never matters and a warm state equals a cold one.
-        self.ranked: list[Row] = []
-        #: Terms of each ranked turn (turns ``1..len(turn_terms)``), to undo them on rewind.
-        self.turn_terms: list[frozenset[str]] = []
-        #: SITREP line costs by (turn, seq) under ``costs_key`` (see ``build_sitrep``).
-        self.costs: dict[tuple[int, int], int] = {}
-        self.costs_key: Hashable = None
-        #: Character statistics of SITREP lines by (turn, seq) (estimator-independent).
-        self.line_stats: dict[tuple[int, int], TextStats] = {}
+        #: Role → [characters, messages] of text it wrote, over the indexed turns.
+        self.chars: dict[str, list[int]] = {}
+        #: Per indexed turn: its share of ``df`` and ``chars`` (to undo on rewind or to look back).
+        self.turn_df: list[tuple[tuple[str, int], ...]] = []
+        self.turn_chars: list[tuple[tuple[str, int, int], ...]] = []
+        #: Per indexed turn: the session date in effect when it started.
+        self.turn_date: list[SessionDate | None] = []
+        #: The session date in effect after the last indexed turn.
+        self.date: SessionDate | None = None
+        self.epoch: Epoch | None = None
+        #: ``(first turn the SITREP depends on not changing, key, selection)`` of the last SITREP chosen.
+        self.memo: tuple[int, Hashable, Selection] | None = None
         #: Turns (and their messages) covered by ``prefix``: the open serialisation ``[m1,…,mk`` of
         #: those messages, compared byte for byte (exact, and faster than hashing them again).
         self.stable = 0
         self.stable_msgs = 0
         self.prefix = bytearray()
 
-    def line_costs(self, estimator: TokenEstimator) -> dict[tuple[int, int], int]:
-        """The line-cost memo for this estimator (reset when its key changes)."""
-        if estimator.key != self.costs_key:
-            self.costs = {}
-            self.costs_key = estimator.key
-        return self.costs
-
     def rewind(self, n: int) -> None:
         """Forget turns after the first ``n`` (an edited or regenerated history)."""
-        if len(self.turn_terms) > n:
-            df = self.df
-            for terms in self.turn_terms[n:]:
-                for term in terms:
-                    left = df[term] - 1
+        if len(self.turn_df) > n:
+            df, chars = self.df, self.chars
+            for turn_df in self.turn_df[n:]:
+                for term, k in turn_df:
+                    left = df[term] - k
                     if left:
                         df[term] = left
                     else:
                         del df[term]
-            del self.turn_terms[n:]
-            self.ranked = [row for row in self.ranked if row[1] <= n]
-            self.costs = {k: v for k, v in self.costs.items() if k[0] <= n}
-            self.line_stats = {k: v for k, v in self.line_stats.items() if k[0] <= n}
+            for turn_chars in self.turn_chars[n:]:
+                for role, c, k in turn_chars:
+                    chars[role][0] -= c
+                    chars[role][1] -= k
+            self.date = self.turn_date[n]
+            del self.turn_df[n:]
+            del self.turn_chars[n:]
+            del self.turn_date[n:]
+        if self.epoch is not None and self.epoch.done > n:
+            self.epoch = None
+        if self.memo is not None and self.memo[0] > n:
+            self.memo = None
         del self.fps[n:]
         del self.starts[n:]
         del self.counts[n:]
@@ -312,16 +380,53 @@ class ConversationState:
             self.prefix = bytearray()
 
     def sync(self, turns: TurnIndex, upto: int, estimator: TokenEstimator, cache: CompactionCache | None) -> None:
-        """Cover turns ``1..upto`` with boundaries, fingerprints and token counts; extend the digest."""
+        """Cover turns ``1..upto``: boundaries, fingerprints, token counts, the SITREP's statistics;
+        extend the digest."""
         key = estimator.key
         if key != self.counts_key:
             self.counts = [turn_tokens(t, estimator, cache) for t in turns[: len(self.fps)]]
             self.counts_key = key
+            self.epoch = None
         for turn in turns[len(self.fps) : upto]:
             self.fps.append(turn.fingerprint)
             self.starts.append(turn.start)
             self.counts.append(turn_tokens(turn, estimator, cache))
+        df, chars = self.df, self.chars
+        for turn in turns[len(self.turn_df) : upto]:
+            extract = extract_of(turn, cache)
+            for term, k in extract.df:
+                df[term] = df.get(term, 0) + k
+            for role, c, k in extract.chars:
+                totals = chars.setdefault(role, [0, 0])
+                totals[0] += c
+                totals[1] += k
+            self.turn_df.append(extract.df)
+            self.turn_chars.append(extract.chars)
+            self.turn_date.append(self.date)
+            if extract.dates:
+                self.date = extract.dates[-1]
         self._extend_digest(turns.messages, max(0, len(self.fps) - UNSTABLE_TURNS))
+
+    def df_before(self, turn: int) -> dict[str, int]:
+        """Document frequencies over turns ``0..turn-1`` (indexes); ``turn`` at most ``len(fps)``."""
+        df = dict(self.df)
+        for turn_df in self.turn_df[turn:]:
+            for term, k in turn_df:
+                df[term] -= k
+        return df
+
+    def chars_before(self, turn: int) -> dict[str, tuple[int, int]]:
+        """Characters and messages written per role over turns ``0..turn-1``."""
+        chars = {role: [c, k] for role, (c, k) in self.chars.items()}
+        for turn_chars in self.turn_chars[turn:]:
+            for role, c, k in turn_chars:
+                chars[role][0] -= c
+                chars[role][1] -= k
+        return {role: (c, k) for role, (c, k) in chars.items()}
+
+    def date_at(self, turn: int) -> SessionDate | None:
+        """The session date in effect when turn index ``turn`` started (it may be the current turn)."""
+        return self.turn_date[turn] if turn < len(self.turn_date) else self.date
 
     def _extend_digest(self, messages: Sequence[Mapping[str, Any]], stable: int) -> None:
         if stable <= self.stable:
@@ -333,25 +438,6 @@ class ConversationState:
             self.prefix += b","
             self.prefix += memoryview(_dump(messages[self.stable_msgs : stop]))[1:-1]
         self.stable, self.stable_msgs = stable, stop
-
-    def rank(self, turns: Sequence[HistoryTurn], upto: int, cache: CompactionCache | None) -> None:
-        """Extend the SITREP ranking to turns ``1..upto`` (``upto`` ≤ ``len(fps)``)."""
-        start = len(self.turn_terms)
-        bulk = upto - start > 16
-        df = self.df
-        for turn in turns[start:upto]:
-            extract = extract_of(turn, cache)
-            for term in extract.terms:
-                df[term] = df.get(term, 0) + 1
-            rows = [(-salience(c, df), turn.number, c.seq, c) for c in extract.candidates]
-            if bulk:
-                self.ranked.extend(rows)
-            else:
-                for row in rows:
-                    bisect.insort(self.ranked, row)
-            self.turn_terms.append(extract.terms)
-        if bulk:
-            self.ranked.sort()
 
 
 def _first_fingerprint(messages: Sequence[Mapping[str, Any]]) -> bytes:

@@ -11,7 +11,9 @@ never separate a ``tool_use`` from its ``tool_result``. Why newest-first and con
 continues from the end of the conversation; a gap inside the Tail would read as a non sequitur (the
 SITREP covers everything before the Tail instead). The current (last) turn is the one being answered:
 it is always present, and only truncated (with a marker, keeping its prompt and its newest exchange)
-when it alone overflows what the Anchor leaves.
+when it alone overflows what the Anchor leaves. The two exchanges before it are always present too;
+when they are too large for the Tail's share, only their messages larger than their own share are
+cut (:func:`build_recent`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from typing import Any, Final
 import attrs
 
 from trooper.memory.tokens import TokenEstimator
-from trooper.memory.truncate import fit_turn, fit_turns
+from trooper.memory.truncate import fit_turn, fit_turns, shrink_message, waterfill
 from trooper.memory.turns import HistoryTurn
 
-__all__ = ["ANCHOR_TURNS", "Layer", "anchor_count", "build_anchor", "build_current", "pack_tail"]
+__all__ = ["ANCHOR_TURNS", "Layer", "anchor_count", "build_anchor", "build_current", "build_recent"]
 
 #: How many opening turns form the Anchor.
 ANCHOR_TURNS: Final = 2
@@ -55,18 +57,37 @@ def build_anchor(turns: Sequence[HistoryTurn], counts: Sequence[int], alloc: int
     return Layer(messages, tokens, tuple(t.number for t in turns), truncated)
 
 
-def pack_tail(counts: Sequence[int], start: int, stop: int, budget: int) -> int:
-    """Index ``i`` (``start ≤ i ≤ stop``) such that turns ``i..stop-1`` are the newest that fit ``budget``.
+def build_recent(turns: Sequence[HistoryTurn], alloc: int, estimator: TokenEstimator) -> Layer:
+    """The exchanges just before the current turn within ``alloc`` tokens, kept whole message by message.
 
-    Packing stops at the first turn that does not fit, even if an older, smaller one would: the Tail is
-    contiguous.
+    Every message keeps all it needs unless it is larger than its share — the budget water-filled over
+    the messages, so small ones stay whole and only a message above the common level is truncated
+    (with a marker, blocks and tool ids intact). Best effort when even that overflows: the caller
+    verifies the total.
     """
-    used = 0
-    i = stop
-    while i > start and used + counts[i - 1] <= budget:
-        used += counts[i - 1]
-        i -= 1
-    return i
+    msgs = [m for t in turns for m in t.messages]
+    numbers = tuple(t.number for t in turns)
+    sizes = [estimator.count_message(m) for m in msgs]
+    if sum(sizes) <= alloc:
+        return Layer(tuple(dict(m) for m in msgs), sum(sizes), numbers)
+    target = alloc
+    out: list[dict[str, Any]] = []
+    tokens = 0
+    for _ in range(4):
+        shares = waterfill(sizes, target)
+        out = [
+            dict(m) if s <= a else shrink_message(m, a, estimator) for m, s, a in zip(msgs, sizes, shares, strict=True)
+        ]
+        tokens = sum(estimator.count_message(m) for m in out)
+        if tokens <= alloc:
+            break
+        target -= tokens - alloc
+    cut = {i for i, (s, a) in enumerate(zip(sizes, waterfill(sizes, target), strict=True)) if s > a}
+    firsts = [0]
+    for t in turns:
+        firsts.append(firsts[-1] + len(t.messages))
+    truncated = tuple(t.number for k, t in enumerate(turns) if any(firsts[k] <= i < firsts[k + 1] for i in cut))
+    return Layer(tuple(out), tokens, numbers, truncated)
 
 
 def build_current(turn: HistoryTurn, count: int, alloc: int, estimator: TokenEstimator) -> Layer:
