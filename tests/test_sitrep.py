@@ -1,16 +1,25 @@
-"""The SITREP: what is chosen (salience, redundancy), how it reads (dates, marks, spans) and how it lays
-out within a budget."""
+"""The SITREP: what is chosen (salience, redundancy), how it reads (dates, marks, spans), how it lays
+out within a budget, and the model-written SITREP driven by a scripted summariser."""
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from typing import Any
+
+import pytest
 
 from trooper.memory import (
     Budget,
     CalibratedEstimator,
+    CompactionCache,
+    ModelSitrep,
+    SummaryRequest,
+    accept_summary,
     compact,
     extract_turn,
+    plan_summary,
+    segment,
 )
 from trooper.memory._dates import SessionDate
 from trooper.memory.sitrep import (
@@ -26,6 +35,7 @@ from trooper.memory.sitrep import (
     unit_factor,
     unit_line,
 )
+from trooper.memory.summariser import render_turns
 
 Message = dict[str, Any]
 EST = CalibratedEstimator()
@@ -187,3 +197,105 @@ def test_layout_keeps_its_core_while_the_budget_shrinks() -> None:
     assert MORE in wide.text
     assert wide.text.split(MORE)[0] == narrow.text.split(MORE)[0]  # same core, same start
     assert layout(selection, 5, 5, EST) is None  # not even the frame fits
+
+
+# -------------------------------------------------------------------------- model-written SITREP
+
+
+def conversation(middle: int = 30) -> list[Message]:
+    msgs: list[Message] = [user("We are migrating the inventory service."), assistant("Understood.")]
+    msgs += [user("Keep the old API working."), assistant("Will do.")]
+    for i in range(middle):
+        msgs += [user(f"Replica inv-{i:03d}.eu-west-1.internal has {100 + i} GB left."), assistant("Noted. " * 30)]
+    msgs.append(user("What is the plan?"))
+    return msgs
+
+
+def scripted(request: SummaryRequest) -> str:
+    """Stands in for the local model: a summary that says which turns it saw."""
+    assert "[t" in request.transcript and "{max_tokens}" not in request.prompt()
+    return f"  Replicas of turns {request.first}-{request.last} are all healthy.  "
+
+
+def test_the_model_sitrep_is_planned_accepted_and_used_with_extractive_entries_after_it() -> None:
+    msgs = conversation()
+    budget = Budget(1500, 0)
+    before = compact(msgs, budget=budget, sitrep="model")
+    assert before.sitrep is not None and before.sitrep.kind == "extractive"  # nothing stored yet
+    request = plan_summary(msgs, before)
+    assert request is not None and request.previous is None and request.first == 3
+    summary = accept_summary(request, scripted(request))
+    assert summary.text == f"Replicas of turns 3-{request.last} are all healthy."
+    assert plan_summary(msgs, before, [summary]) is None  # up to date
+    after = compact(msgs, budget=budget, sitrep="model", summaries=[summary])
+    assert after.sitrep is not None and after.sitrep.kind in ("model", "mixed")
+    assert summary.text in after.sitrep.text and after.sitrep.model_turns == (3, summary.last)
+    assert after.layers["total"] <= 1500
+    # More turns: the summary covers a prefix of the middle, extractive entries the rest.
+    longer = [*msgs[:-1], *conversation(12)[4:]]
+    mixed = compact(longer, budget=budget, sitrep="model", summaries=[summary])
+    assert mixed.sitrep is not None and mixed.sitrep.kind == "mixed"
+    assert all(e.turn > summary.last for e in mixed.sitrep.entries)
+    step = plan_summary(longer, mixed, [summary])
+    assert step is not None and step.previous == summary.text and step.covered == summary.last
+    assert f"Previous SITREP (turns 3–{summary.last})" in step.prompt()
+
+
+def test_modes_and_stale_or_oversized_summaries_fall_back_to_extractive() -> None:
+    msgs = conversation()
+    budget = Budget(1500, 0)
+    base = compact(msgs, budget=budget)
+    request = plan_summary(msgs, base)
+    assert request is not None
+    summary = accept_summary(request, scripted(request))
+    assert compact(msgs, budget=budget, sitrep="extractive", summaries=[summary]) == base
+    assert compact(msgs, budget=budget, sitrep="auto", summaries=[summary]).sitrep.kind != "extractive"  # type: ignore[union-attr]
+    short = ModelSitrep(3, 4, "Only the first two middle turns.", summary.chain)
+    assert compact(msgs, budget=budget, sitrep="auto", summaries=[short]) == base  # too little of the middle
+    edited = copy.deepcopy(msgs)
+    edited[6] = user("An edited turn changes the history the summary was written from.")
+    stale = compact(edited, budget=budget, sitrep="model", summaries=[summary])
+    assert stale == compact(edited, budget=budget)
+    huge = ModelSitrep(3, summary.last, "word " * 5000, summary.chain)
+    assert compact(msgs, budget=budget, sitrep="model", summaries=[huge]) == base
+
+
+def test_a_long_backlog_is_summarised_in_chunks_and_a_long_answer_is_clipped() -> None:
+    msgs = conversation(40)
+    result = compact(msgs, budget=Budget(1500, 0))
+    first = plan_summary(msgs, result, max_chunk_tokens=300)
+    assert first is not None and first.last < result.sources["sitrep"][-1]
+    done = accept_summary(first, "word " * 2000)
+    assert EST.count(done.text) <= first.max_tokens
+    second = plan_summary(msgs, result, [done], max_chunk_tokens=300)
+    assert second is not None and second.covered == done.last and second.last > done.last
+    with pytest.raises(TypeError):
+        accept_summary(first, None)  # type: ignore[arg-type]
+    assert plan_summary(msgs[:3], compact(msgs[:3], budget=Budget(10_000, 0))) is None  # nothing to cover
+
+
+def test_summaries_and_requests_are_plain_data() -> None:
+    msgs = conversation()
+    request = plan_summary(msgs, compact(msgs, budget=Budget(1500, 0)))
+    assert request is not None
+    assert SummaryRequest.from_dict(request.to_dict()) == request
+    summary = accept_summary(request, "All healthy.")
+    assert ModelSitrep.from_dict(summary.to_dict()) == summary
+    for bad in ({"first": 0, "last": 4, "text": "x", "chain": "ab"}, {"first": 3, "last": 4, "text": "x"}, {}):
+        with pytest.raises(ValueError):
+            ModelSitrep.from_dict(bad)
+    with pytest.raises(ValueError):
+        SummaryRequest.from_dict({"first": 3})
+    assert render_turns(segment(msgs)[2:3]).startswith("[t3]\nuser: Replica inv-000")
+
+
+def test_a_warm_cache_and_a_summary_together_change_nothing() -> None:
+    msgs = conversation()
+    budget = Budget(1500, 0)
+    request = plan_summary(msgs, compact(msgs, budget=budget))
+    assert request is not None
+    summary = accept_summary(request, "All healthy.")
+    cache = CompactionCache()
+    for history in (msgs, [*msgs[:-1], *conversation(3)[4:]], msgs):
+        warm = compact(history, budget=budget, cache=cache, sitrep="model", summaries=[summary])
+        assert warm == compact(history, budget=budget, sitrep="model", summaries=[summary])

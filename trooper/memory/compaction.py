@@ -43,10 +43,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
+from trooper.memory.extract import content_terms
 from trooper.memory.incremental import (
     CompactionCache,
     ConversationState,
@@ -60,10 +61,13 @@ from trooper.memory.incremental import (
 from trooper.memory.layers import Layer, anchor_count, build_anchor, build_current, build_recent
 from trooper.memory.sitrep import (
     Candidate,
+    ModelSitrep,
     Selection,
     Sitrep,
     frame_tokens,
+    freshest,
     layout,
+    model_preface,
     select,
     speaker_factor,
     unit_factor,
@@ -71,7 +75,12 @@ from trooper.memory.sitrep import (
 from trooper.memory.tokens import CalibratedEstimator, TokenEstimator
 from trooper.memory.turns import TurnIndex
 
-__all__ = ["Budget", "BudgetTooSmall", "Compaction", "compact"]
+__all__ = ["Budget", "BudgetTooSmall", "Compaction", "SitrepMode", "compact"]
+
+#: Where the SITREP comes from: always extractive; the freshest model-written one that covers the
+#: middle (extractive entries for the turns it does not cover yet); or model-written when one exists
+#: and extractive otherwise. See :mod:`trooper.memory.summariser`.
+SitrepMode = Literal["extractive", "model", "auto"]
 
 
 def _non_negative(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
@@ -154,12 +163,17 @@ def compact(
     tools: Sequence[Mapping[str, Any]] | None = None,
     estimator: TokenEstimator | None = None,
     cache: CompactionCache | None = None,
+    sitrep: SitrepMode = "extractive",
+    summaries: Sequence[ModelSitrep] = (),
 ) -> Compaction:
     """Build the local request's messages: Anchor + SITREP + Tail within ``budget``.
 
     Pure and deterministic: the same arguments give the same result, with or without a warm ``cache``
     (the cache only saves work). Raises :class:`BudgetTooSmall` when the Anchor and the current turn
     cannot fit even truncated.
+
+    ``sitrep`` chooses the SITREP (see :data:`SitrepMode`); ``summaries`` are the conversation's
+    model-written ones (:mod:`trooper.memory.summariser`), used when one matches this history.
     """
     est: TokenEstimator = estimator if estimator is not None else CalibratedEstimator()
     system_tokens = est.count_system(system)
@@ -177,6 +191,8 @@ def compact(
             budget=budget,
             estimator=est,
             cache=cache,
+            mode=sitrep,
+            summaries=summaries,
             system_tokens=system_tokens,
             tools_tokens=tools_tokens,
         ).run()
@@ -254,6 +270,8 @@ class _Assembly:
         budget: Budget,
         estimator: TokenEstimator,
         cache: CompactionCache | None,
+        mode: SitrepMode,
+        summaries: Sequence[ModelSitrep],
         system_tokens: int,
         tools_tokens: int,
     ) -> None:
@@ -264,6 +282,8 @@ class _Assembly:
         self.budget = budget
         self.est = estimator
         self.cache = cache
+        self.mode = mode
+        self.summaries = summaries
         self.system_tokens = system_tokens
         self.tools_tokens = tools_tokens
         self.usable = budget.usable(system_tokens, tools_tokens)
@@ -436,19 +456,39 @@ class _Assembly:
     def selection(self, n_anchor: int, plan: _Plan, budget: int) -> Selection:
         """The SITREP's entries for turns ``n_anchor..plan.cut-1``, as of turn ``plan.start`` (memoised)."""
         state = self.state
-        key = (n_anchor, plan.cut, plan.start, budget, self.est.key)
+        model = self.model_sitrep(n_anchor, plan)
+        key = (n_anchor, plan.cut, plan.start, budget, self.est.key, model)
         memo = state.memo
         if memo is not None and memo[1] == key:
             return memo[2]
-        selection = self._select(n_anchor, plan, budget)
+        selection = self._select(n_anchor, plan, budget, model)
+        if model is not None and selection.preface is None:  # the model's summary did not fit
+            key = (n_anchor, plan.cut, plan.start, budget, self.est.key, None)
         state.memo = (plan.start, key, selection)
         return selection
 
-    def _select(self, n_anchor: int, plan: _Plan, budget: int) -> Selection:
+    def model_sitrep(self, n_anchor: int, plan: _Plan) -> ModelSitrep | None:
+        """The model-written SITREP to open this SITREP with, per the mode (see :data:`SitrepMode`)."""
+        if self.mode == "extractive" or not self.summaries:
+            return None
+        complete = len(self.turns) - 1
+        found = freshest(self.summaries, self.turns.fingerprints(complete), n_anchor + 1, complete)
+        if found is None:
+            return None
+        middle = plan.cut - n_anchor
+        if self.mode == "auto" and 2 * (min(found.last, plan.cut) - n_anchor) < middle:
+            return None  # a summary of less than half the middle: the extractive one covers more
+        return found
+
+    def _select(self, n_anchor: int, plan: _Plan, budget: int, model: ModelSitrep | None) -> Selection:
         turns, state, cache, est = self.turns, self.state, self.cache, self.est
         first, last = turns[n_anchor].number, turns[plan.cut - 1].number
-        room = budget - frame_tokens(first, last, est)
-        after = n_anchor
+        preface = model_preface(model) if model is not None else None
+        room = budget - frame_tokens(first, last, est, preface)
+        if model is not None and room < 0:
+            model, preface = None, None
+            room = budget - frame_tokens(first, last, est)
+        after = min(max(model.last, n_anchor), plan.cut) if model is not None else n_anchor
         chars = state.chars_before(plan.start)
         speakers: dict[str, float] = {}
         candidates: list[Candidate] = []
@@ -464,10 +504,11 @@ class _Assembly:
                     factor = speakers[unit.role] = speaker_factor(unit.role, chars)
                 date = extract.dates[unit.dated] if unit.dated >= 0 else entered
                 candidates.append(Candidate(unit, turn.number, turn.start, date, unit_factor(unit, factor)))
-        covered: set[str] = set()
+        covered: set[str] = set(content_terms(preface)) if preface else set()
         for index in (*range(n_anchor), *range(plan.cut, plan.start)):
             covered.update(visible_of(turns[index], cache))
         chosen, needs = select(
             candidates, costs, df=state.df_before(plan.start), covered=covered, budget=room, estimator=est
         )
-        return Selection(first, last, tuple(chosen), tuple(needs))
+        model_turns = (first, model.last) if model is not None else None
+        return Selection(first, last, tuple(chosen), tuple(needs), preface, model_turns)

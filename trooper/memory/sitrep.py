@@ -50,15 +50,19 @@ from trooper.memory.extract import (
     content_terms,
 )
 from trooper.memory.tokens import TokenEstimator
+from trooper.memory.turns import chain_fingerprint
 
 __all__ = [
     "ACK_TEXT",
     "Candidate",
+    "ModelSitrep",
     "Selection",
     "Sitrep",
     "SitrepEntry",
     "frame_tokens",
+    "freshest",
     "layout",
+    "model_preface",
     "render",
     "select",
     "sitrep_header",
@@ -493,3 +497,56 @@ def layout(selection: Selection, core: int, budget: int, estimator: TokenEstimat
         selection.preface,
         core=len(main),
     )
+
+
+# --------------------------------------------------------------------------- model-written SITREP
+
+
+@attrs.frozen
+class ModelSitrep:
+    """A SITREP the local model wrote for turns ``first``–``last`` of one conversation.
+
+    Plain data: the engine keeps it per conversation (:meth:`to_dict` / :meth:`from_dict`) and hands
+    it back to :func:`~trooper.memory.compaction.compact`. ``chain`` fingerprints turns ``1..last`` as
+    they were when it was written (:func:`~trooper.memory.turns.chain_fingerprint`), so it is only used
+    for that exact history: an edited or regenerated turn makes it stale, never wrong.
+
+    Privacy: the text is derived from the conversation, local turns included. It is local content, and
+    so is everything derived from it: neither it nor a SITREP containing it may reach a cloud provider.
+    """
+
+    first: int
+    last: int
+    text: str
+    chain: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"first": self.first, "last": self.last, "text": self.text, "chain": self.chain}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSitrep:
+        """The value :meth:`to_dict` wrote; ``ValueError`` for anything else."""
+        first, last, text, chain = data.get("first"), data.get("last"), data.get("text"), data.get("chain")
+        if not (isinstance(first, int) and isinstance(last, int) and 1 <= first <= last):
+            raise ValueError("a model SITREP needs integer turns with 1 <= first <= last")
+        if not isinstance(text, str) or not isinstance(chain, str) or not chain:
+            raise ValueError("a model SITREP needs its text and the fingerprint of the turns it covers")
+        return cls(first, last, text, chain)
+
+
+def model_preface(sitrep: ModelSitrep) -> str:
+    """How a model-written SITREP opens the SITREP it is part of."""
+    return f"Summary of turns {sitrep.first}–{sitrep.last} (written by the local model):\n{sitrep.text}"
+
+
+def freshest(
+    summaries: Sequence[ModelSitrep], fingerprints: Sequence[bytes], first: int, complete: int
+) -> ModelSitrep | None:
+    """The stored summary to use: it starts at turn ``first``, covers complete turns only (numbers up
+    to ``complete``), matches these turn fingerprints, and covers the most turns of those that do."""
+    for summary in sorted(summaries, key=lambda s: -s.last):
+        if summary.first != first or not first <= summary.last <= complete:
+            continue
+        if chain_fingerprint(fingerprints[: summary.last]) == summary.chain:
+            return summary
+    return None

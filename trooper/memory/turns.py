@@ -31,6 +31,7 @@ __all__ = [
     "TurnIndex",
     "block_text",
     "blocks",
+    "chain_fingerprint",
     "content_text",
     "is_prompt",
     "json_bytes",
@@ -141,6 +142,12 @@ def turn_fingerprint(messages: Sequence[Mapping[str, Any]]) -> bytes:
         parts = [(r, _strip_cc(c)) for r, c in parts]
         data = json_bytes(parts, sort=True)
     return blake2b(data, digest_size=16).digest()
+
+
+def chain_fingerprint(fingerprints: Sequence[bytes]) -> str:
+    """One hex digest of a chain of turn fingerprints: names a whole history prefix (``turns 1..k``),
+    so a value derived from it is used for that exact prefix only."""
+    return blake2b(b"".join(fingerprints), digest_size=16).hexdigest()
 
 
 def prompt_starts(messages: Sequence[Mapping[str, Any]], begin: int = 0) -> list[int]:
