@@ -8,6 +8,7 @@ from typing import Any
 from trooper.memory import UnitKind, extract_turn
 from trooper.memory._dates import SessionDate
 from trooper.memory.extract import (
+    CONTINUES,
     DECISION,
     DONE,
     FAILED,
@@ -56,6 +57,9 @@ def test_phatic_lines_and_code_make_no_units() -> None:
     fenced = "Here it is:\n```python\nrate_limit = compute_limit(client_id)\n```\nThe limit is now 300 per minute."
     assert texts([assistant(fenced)]) == ["The limit is now 300 per minute."]
     assert texts([assistant("const total = items.reduce((a, b) => a + b, 0);")]) == []
+    assert texts([assistant("#### `models.py`\nJob Separation:\nThe cache holds 300 entries.")]) == [
+        "The cache holds 300 entries."
+    ]  # headings and labels are not statements
 
 
 def test_long_sentences_are_cut_at_clause_boundaries() -> None:
@@ -64,9 +68,11 @@ def test_long_sentences_are_cut_at_clause_boundaries() -> None:
         "but the nightly job still times out after forty minutes whenever the ledger has more than a "
         "million rows to reconcile."
     )
-    units = texts([user(sentence)])
+    extract = extract_turn([user(sentence)])
+    units = [u.text for u in extract.units]
     assert len(units) == 2
     assert units[0].startswith("I spent most") and units[1].startswith("but the nightly job")
+    assert [bool(u.flags & CONTINUES) for u in extract.units] == [False, True]
     run_on = " ".join(f"word{i}" for i in range(100))
     assert [len(t.split()) for t in texts([user(run_on)])] == [45, 45, 10]
 

@@ -7,6 +7,7 @@ import copy
 import datetime as dt
 from typing import Any
 
+import attrs
 import pytest
 
 from trooper.memory import (
@@ -183,6 +184,8 @@ def test_spans_of_one_message_share_a_line() -> None:
     sitrep = layout(Selection(3, 4, chosen, (5, 5, 5, 5)), 1000, 1000, EST)
     assert sitrep is not None
     assert "\n- user: A. B. … D.\n- user: E.\n" in sitrep.text
+    clause = attrs.evolve(entry(5, 1, "but it failed.", message=2), continues=True)
+    assert clause.line == "- user: … but it failed."
 
 
 def test_layout_keeps_its_core_while_the_budget_shrinks() -> None:

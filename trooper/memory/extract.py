@@ -48,6 +48,7 @@ from trooper.memory._lexicon import (
 from trooper.memory.turns import blocks, content_text, json_text, message_text
 
 __all__ = [
+    "CONTINUES",
     "DECISION",
     "DONE",
     "FAILED",
@@ -83,6 +84,8 @@ OPEN: Final = 4
 DONE: Final = 8
 FAILED: Final = 16
 DECISION: Final = 32
+#: The unit is a clause that continues a sentence (rendered after "…": its subject came before it).
+CONTINUES: Final = 128
 #: Internal: the span has a word :func:`compress` may drop (never set on a unit).
 _FILLER: Final = 64
 
@@ -355,6 +358,17 @@ _CODE_PUNCT: Final = re.compile(r"[{}();=<>\[\]]")
 _CODE_START: Final = re.compile(
     r"^\s*(?:def|class|import|from|const|let|var|return|function|public|private|#include|//|/\*|<\w|@\w)\b"
 )
+
+
+_LABEL: Final = re.compile(r"[\s*#`'\"]*[^\s`]+[\s`'\"]*[.:!]?|(?:\S+\s+){0,3}\S+:")
+
+
+def _label_only(span: str) -> bool:
+    """A heading or a label rather than a statement: one code span or file name on its own
+    (``models.py``), or a few words ending with a colon ("Job Separation:")."""
+    return ("`" in span and _LABEL.fullmatch(span.strip()) is not None) or (
+        span.rstrip().endswith(":") and len(span.split()) <= 4
+    )
 
 
 def _code_like(line: str) -> bool:
@@ -632,11 +646,15 @@ def _prose(b: _Builder, text: str, role: str, index: int, *, transcript: bool) -
             sentence = text[s:e]
             if _code_like(sentence):
                 continue
-            for cs, ce in _clause_spans(text, s, e):
+            for k, (cs, ce) in enumerate(_clause_spans(text, s, e)):
+                span = text[cs:ce]
+                if _label_only(span):
+                    continue
                 terms, names, flags, relative = found.span(cs, ce)
+                if k:
+                    flags |= CONTINUES
                 if text[ce - 1] == "?":  # the clause that asks (a question's other clauses may state facts)
                     flags |= QUESTION
-                span = text[cs:ce]
                 if flags & _FILLER or "**" in span:
                     span = compress(span)
                     flags &= ~_FILLER

@@ -39,6 +39,7 @@ import attrs
 
 from trooper.memory._dates import SessionDate, long_form, resolve
 from trooper.memory.extract import (
+    CONTINUES,
     DECISION,
     DONE,
     FAILED,
@@ -130,23 +131,25 @@ class SitrepEntry:
     #: A relative date written out: ``last Friday = Friday 5 January 2024``.
     note: str = ""
     seq: int = 0
+    #: A clause that continues a sentence: rendered after "…" (its subject came before it).
+    continues: bool = False
 
     @property
     def line(self) -> str:
         """The entry as rendered: ``- [open] Kevin (tomorrow = …): text``."""
-        return _line(self.status, self.speaker, self.note, self.text, self.outcome)
+        return _line(self.status, self.speaker, self.note, self.text, self.outcome, continues=self.continues)
 
 
-def _line(status: str, speaker: str, note: str, text: str, outcome: str) -> str:
+def _line(status: str, speaker: str, note: str, text: str, outcome: str, *, continues: bool = False) -> str:
     mark = f"[{status}] " if status else ""
     gloss = f" ({note})" if note else ""
     result = f" → {outcome}" if outcome else ""
-    return f"- {mark}{speaker}{gloss}: {text}{result}"
+    return f"- {mark}{speaker}{gloss}: {'… ' if continues else ''}{text}{result}"
 
 
 def unit_line(unit: Unit) -> str:
     """A unit's SITREP line without a date note (what its cost is memoised for)."""
-    return _line(_status(unit), unit.speaker, "", unit.text, unit.outcome)
+    return _line(_status(unit), unit.speaker, "", unit.text, unit.outcome, continues=bool(unit.flags & CONTINUES))
 
 
 @attrs.frozen
@@ -361,6 +364,7 @@ def _entry(c: Candidate, note: str) -> SitrepEntry:
         date=c.date,
         note=note,
         seq=u.seq,
+        continues=bool(u.flags & CONTINUES),
     )
 
 
