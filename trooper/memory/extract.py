@@ -147,11 +147,13 @@ _UNITS: Final = (
 #: Amounts: money (kept whole, ``$27,651``: a figure that is a fact on its own) and numbers with a
 #: unit (``12 gb``: the unit says what the number measures).
 _AMOUNT: Final = re.compile(
+    r"(?=[$€£¥\d])(?:"  # a cheap guard: most positions fail here, before the alternation is tried
     r"(?P<money>[$€£¥]\s?\d[\d,]*(?:\.\d+)?)"
     r"|(?<![\w.])(?P<n>\d[\d,]*(?:\.\d+)?)\s?(?P<u>%|(?:" + _UNITS.replace("%|", "") + r")\b)"
+    r")"
 )
 #: Capitalised words inside a sentence (names, places, titles), and acronyms.
-_PROPER: Final = re.compile(r"(?<=[a-z0-9,;:)] )([A-Z][A-Za-z]+)|\b([A-Z]{2,}[a-z]?)\b")
+_PROPER: Final = re.compile(r"(?=[A-Z])(?:(?<=[a-z0-9,;:)] )([A-Z][A-Za-z]+)|\b([A-Z]{2,}[a-z]?)\b)")
 #: Mostly random characters: hex runs, long digit runs, digit-letter mixes (request ids, pod suffixes).
 _OPAQUE: Final = re.compile(r"[0-9a-f]{6,}|\d{4,}|(?=[a-z]*\d)[a-z0-9]{5,}(?![a-z])")
 _JOINER: Final = re.compile(r"[./:_@-]")
@@ -197,14 +199,19 @@ def _bare(lower: str) -> str:
     return _CLITIC2.sub("  ", _CLITIC3.sub("   ", lower))
 
 
-def _terms_of(bare: str, lower: str, start: int, end: int, *, numbers: bool | None = None) -> list[str]:
-    """The content terms of ``lower[start:end]`` (``bare`` is ``lower`` with clitics blanked);
-    ``numbers`` says whether the span has digits, when the caller knows."""
+def _terms_of(bare: str, lower: str, start: int, end: int) -> list[str]:
+    """The content terms of ``lower[start:end]`` (``bare`` is ``lower`` with clitics blanked)."""
     out: list[str] = []
-    if numbers if numbers is not None else _DIGIT_RE.search(lower, start, end):
+    if _DIGIT_RE.search(lower, start, end):
         out.extend(_amount(m) for m in _AMOUNT.finditer(lower, start, end))
+    out.extend(_terms_from(_TERM.findall(bare, start, end)))
+    return out
+
+
+def _terms_from(tokens: Sequence[str]) -> list[str]:
+    """The content terms among word tokens: compounds with their parts, stop and phatic words dropped."""
+    out: list[str] = []
     ignored = _IGNORED
-    tokens = _TERM.findall(bare, start, end)
     if all(token.isalnum() for token in tokens):  # no compound token: the common case
         out.extend(t for t in tokens if t not in ignored and (len(t) > 1 or t.isdigit()))
         return out
@@ -469,8 +476,6 @@ class _Builder:
         terms = tuple(dict.fromkeys(found))
         if not terms:
             return
-        if kind == UnitKind.SAID:
-            flags |= _cues(text)
         self.units.append(
             Unit(
                 kind=kind,
@@ -495,23 +500,13 @@ class _Builder:
 # searches were several times slower, and this runs on every unit of every turn.
 _CUES_RE: Final = re.compile(
     r"(?<![\w'])(?=[a-z])(?:"
-    f"(?P<done>{DONE_RE.pattern})|(?P<open>{OPEN_RE.pattern})|(?P<decision>{DECISION_RE.pattern})"
-    r"|(?P<me>\b(?:i|i'm|i've|i'd|i'll|my|me|we|we're|we've|our|us)\b)"
-    r"|(?P<filler>\b(?:" + "|".join(sorted(FILLER_WORDS | LEADING_WORDS)) + r")\b))"
+    f"(?P<done>{DONE_RE.pattern})|(?P<open>{OPEN_RE.pattern})|(?P<decision>{DECISION_RE.pattern}))"
 )
-_CUE_FLAGS: Final = {"done": DONE, "open": OPEN, "decision": DECISION, "me": FIRST_PERSON, "filler": _FILLER}
-
-
-def _cues(text: str) -> int:
-    flags = 0
-    for m in _CUES_RE.finditer(text.lower()):
-        flags |= _CUE_FLAGS[m.lastgroup or "me"]
-    flags &= ~_FILLER
-    if flags & DONE:
-        flags &= ~OPEN
-    if text.rstrip().endswith("?"):
-        flags |= QUESTION
-    return flags
+_CUE_FLAGS: Final = {"done": DONE, "open": OPEN, "decision": DECISION}
+#: Single words found among a span's tokens (cheaper than a pattern): speaking of oneself, and words
+#: :func:`compress` may drop.
+_ME: Final = frozenset({"i", "my", "me", "we", "our", "us", "mine", "myself", "ours", "ourselves"})
+_DROPPABLE: Final = FILLER_WORDS | LEADING_WORDS
 
 
 def visible_terms(messages: Sequence[Mapping[str, Any]]) -> frozenset[str]:
@@ -601,7 +596,8 @@ class _Index:
 
     def span(self, s: int, e: int) -> tuple[list[str], set[str], int, str]:
         """Terms, names, cue flags and the first relative-date expression of ``text[s:e]``."""
-        terms = _terms_of(self.bare, self.lower, s, e, numbers=False)
+        tokens = _TERM.findall(self.bare, s, e)
+        terms = _terms_from(tokens)
         if self.quantity_at:
             i, j = bisect.bisect_left(self.quantity_at, s), bisect.bisect_left(self.quantity_at, e)
             if i < j:
@@ -612,6 +608,10 @@ class _Index:
         flags = 0
         for flag in self.cues[i:j]:
             flags |= flag
+        if not _ME.isdisjoint(tokens):
+            flags |= FIRST_PERSON
+        if not _DROPPABLE.isdisjoint(tokens):
+            flags |= _FILLER
         relative = ""
         if self.rel_at:
             i = bisect.bisect_left(self.rel_at, s)
@@ -697,7 +697,9 @@ def _outcome(text: str, is_error: bool) -> tuple[str, bool]:
     """The line of a tool result that says how the call went (its error, or its first line unless that
     is just the first of many alike), and whether it failed."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("<")]
-    err_line = next((ln for ln in lines[:200] if ERROR_RE.search(ln.lower())), None)
+    err_line = None
+    if ERROR_RE.search(text.lower()):  # one scan of the whole output; the line only when there is one
+        err_line = next((ln for ln in lines[:200] if ERROR_RE.search(ln.lower())), None)
     error = is_error or (err_line is not None and lines.index(err_line) < 3)
     if error and err_line is not None:
         return clip(err_line, 140), True
@@ -728,9 +730,11 @@ _NO_DIGITS: Final = str.maketrans("", "", "0123456789")
 #: Strings strong enough to pull a line out of a tool's output: URLs, e-mails, paths, hosts, versions,
 #: tickets, hashes, IPs.
 _STRONG: Final = re.compile(
+    r"(?<![\w.@+%-])(?=\w)(?:"
     r"(?:https?|ftp|s3|gs|git|ssh)://\S+|\b[\w.%+-]+@[\w-]+(?:\.[\w-]+)+\b|(?:[\w@+-][\w.@+-]*/)+[\w.@+-]*\.\w{1,8}\b"
     r"|\b(?:[a-z0-9-]+\.)+(?:com|org|net|io|dev|internal|local|cloud)\b|\bv?\d+\.\d+\.\d+\b|\b[A-Z][A-Z0-9]{1,9}-\d{1,6}\b"
     r"|\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b|\b\d{1,3}(?:\.\d{1,3}){3}\b"
+    r")"
 )
 
 
