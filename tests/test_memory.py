@@ -485,3 +485,21 @@ def test_shorter_or_regenerated_history_after_a_long_one() -> None:
     regenerated = [*msgs[:-2], assistant("A different answer."), user("And now?")]
     assert compact(regenerated, budget=budget, cache=cache) == compact(regenerated, budget=budget)
     assert compact(msgs, budget=budget, cache=cache) == compact(msgs, budget=budget)
+
+
+def test_every_block_kind_has_a_count() -> None:
+    def block(b: dict[str, Any]) -> int:
+        return EST.count_message({"role": "user", "content": [b]})
+
+    assert block({"type": "redacted_thinking", "data": "x" * 400}) > block({"type": "redacted_thinking", "data": ""})
+    text_doc = {"type": "document", "title": "Notes", "source": {"type": "text", "data": "word " * 200}}
+    assert block(text_doc) > 200
+    nested = {"type": "document", "source": {"type": "content", "content": [{"type": "text", "text": "a b c"}]}}
+    assert block(nested) > 0
+    assert block({"type": "document", "source": {"type": "base64", "data": "A" * 40_000}}) >= 7_500
+    assert block({"type": "document", "source": {"type": "url", "url": "https://x.io/a.pdf"}}) > 0
+    assert block({"type": "document"}) > 0
+    assert block({"type": "search_result", "content": "x"}) > 0
+    assert EST.count_message({"role": "user", "content": ["bare string block"]}) > 0
+    assert EST.count_message({"role": "user", "content": {"odd": "shape"}}) > 0
+    assert EST.count_message({"role": "user"}) == 4
