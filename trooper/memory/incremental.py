@@ -4,8 +4,9 @@ Why: a local streak re-sends the whole history every request, and compaction mus
 content), not O(history). Two things make that so, and :class:`CompactionCache` holds both:
 
 * **Per-turn memos**, keyed by the turn's fingerprint: everything derived from one turn's content
-  alone (its extract, its token count under a given estimator). :func:`extract_of` and
-  :func:`turn_tokens` are the only ways in.
+  alone (its extract, its token count and its units' line costs under a given estimator, the terms
+  it shows verbatim). :func:`extract_of`, :func:`turn_tokens`, :func:`line_costs` and
+  :func:`visible_of` are the only ways in.
 * **Running conversation states** (:class:`ConversationState`): even segmenting, hashing and looking
   up 1,000 turns one by one costs more than an incremental compaction may, so a state keeps, for a
   verified prefix of one conversation, what compaction needs in bulk — turn boundaries, fingerprints,

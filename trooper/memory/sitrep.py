@@ -8,7 +8,8 @@ What a unit is worth (its *gain*) is the information it would add: the sum, over
 not yet covered, of how rare the term is in the conversation — ``log(1 + K / df)``, ``df`` counting
 the units that contain it — times how much such a term says (a name or an identifier more, an opaque
 request id less), times the unit's own factors: a question carries little (×0.5), someone talking
-about what they did, plan or like carries more (×1.5), and a speaker who writes far more per message
+about themselves (what they did, plan or like) or a decision carries more (×1.5), and a speaker who
+writes far more per message
 than the other (an assistant's long explanations next to a user's short statements of fact) spreads
 the same information thinner, so their units count less (verbosity, see :func:`speaker_factor`).
 A unit whose only new terms are numbers is a variant of a line already covered ("the tests cover 86 %"
@@ -19,7 +20,9 @@ chosen, are covered, so a unit that repeats them adds little. Units are chosen g
 token — the rule for budgeted coverage, evaluated lazily (a unit's gain only falls as coverage grows,
 so a stale value is an upper bound and only the best candidate is ever re-evaluated) — until the
 budget is spent. Session dates are headings, paid once per day; a relative date in a chosen line
-("last Friday") is written out against its session date.
+("last Friday") is written out against its session date; spans of one message share a line.
+:func:`layout` then fits the choice to the budget of each request: its best entries form a core that
+stays unchanged while the Tail grows in place, the rest follows under "More:" as room allows.
 
 Status marks: a tool call is ``[done]`` or ``[failed]`` by its outcome, and a line that reports
 finished work ``[done]`` or announces work or a plan ``[open]`` — a summary read as a to-do list is
