@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from trooper.memory._dates import SessionDate, find_date, find_session_date, long_form, relative_expression, resolve
+from trooper.memory._dates import SessionDate, find_date, find_session_date, long_form, relative_spans, resolve
 
 
 def test_dates_are_found_in_common_spellings_and_written_out() -> None:
@@ -36,7 +36,7 @@ def test_dates_are_found_in_common_spellings_and_written_out() -> None:
 )
 def test_relative_dates_resolve_against_the_session_date(expression: str, day: int) -> None:
     said_on = dt.date(2024, 1, 10)  # a Wednesday
-    assert relative_expression(f"so {expression}, we met") == expression
+    assert [m.group(0) for m in relative_spans(f"so {expression}, we met")] == [expression]
     assert resolve(expression, said_on) == dt.date(2024, 1, day)
     assert resolve("someday", said_on) is None
 

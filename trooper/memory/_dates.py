@@ -22,7 +22,6 @@ __all__ = [
     "find_date",
     "find_session_date",
     "long_form",
-    "relative_expression",
     "relative_spans",
     "resolve",
 ]
@@ -138,14 +137,8 @@ def relative_spans(text: str) -> Iterator[re.Match[str]]:
     return _RELATIVE_RE.finditer(text)
 
 
-def relative_expression(text: str) -> str:
-    """The first relative-date expression in ``text`` ("last Friday"), or ``""``."""
-    m = _RELATIVE_RE.search(text)
-    return m.group(0) if m else ""
-
-
 def resolve(expression: str, said_on: dt.date) -> dt.date | None:
-    """The day ``expression`` (from :func:`relative_expression`) names, said on ``said_on``."""
+    """The day ``expression`` (one of :func:`relative_spans`) names, said on ``said_on``."""
     m = _RELATIVE_RE.fullmatch(expression)
     if m is None:
         return None

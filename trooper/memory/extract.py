@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
-from trooper.memory._dates import SessionDate, find_session_date, relative_expression, relative_spans
+from trooper.memory._dates import SessionDate, find_session_date, relative_spans
 from trooper.memory._lexicon import (
     DECISION_RE,
     DONE_RE,
@@ -472,6 +472,7 @@ class _Builder:
         flags: int = 0,
         prior: float = 1.0,
     ) -> None:
+        """A unit of a tool call or of its output (prose goes through :meth:`add_span`)."""
         found = content_terms(f"{text}\n{outcome}" if outcome else text)
         terms = tuple(dict.fromkeys(found))
         if not terms:
@@ -488,7 +489,7 @@ class _Builder:
                 flags=flags,
                 prior=prior,
                 dated=len(self.dates) - 1,
-                relative=relative_expression(text) if kind == UnitKind.SAID else "",
+                relative="",
                 message=message,
                 seq=len(self.units),
             )
@@ -496,8 +497,8 @@ class _Builder:
         self.terms.extend(terms)
 
 
-# One case-sensitive scan of the lower-cased line finds every cue kind: separate case-insensitive
-# searches were several times slower, and this runs on every unit of every turn.
+# One case-sensitive scan of a lower-cased prose block finds every phrase cue (done, open, decision);
+# separate case-insensitive searches were several times slower, and this runs on every turn.
 _CUES_RE: Final = re.compile(
     r"(?<![\w'])(?=[a-z])(?:"
     f"(?P<done>{DONE_RE.pattern})|(?P<open>{OPEN_RE.pattern})|(?P<decision>{DECISION_RE.pattern}))"
@@ -584,7 +585,7 @@ class _Index:
         names = [(m.start(), (m.group(1) or m.group(2)).lower()) for m in _PROPER.finditer(text)]
         self.name_at = [at for at, _ in names]
         self.names = [name for _, name in names]
-        cues = [(m.start(), _CUE_FLAGS[m.lastgroup or "me"]) for m in _CUES_RE.finditer(lower)]
+        cues = [(m.start(), _CUE_FLAGS[str(m.lastgroup)]) for m in _CUES_RE.finditer(lower)]
         self.cue_at = [at for at, _ in cues]
         self.cues = [flag for _, flag in cues]
         relative = [m.span() for m in relative_spans(lower)] if _RELATIVE_HINT.search(lower) else []
