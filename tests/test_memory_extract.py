@@ -82,6 +82,10 @@ def test_compression_drops_only_fillers_and_opening_interjections() -> None:
     assert compress("Well, honestly it was quite a long day.") == "It was a long day."
     assert compress("I have just 2 hours left.") == "I have just 2 hours left."  # "just" = "only"
     assert compress("Absolutely!") == "Absolutely!"  # nothing would be left
+    # A discourse marker goes only when punctuation sets it apart: otherwise it is part of what is said.
+    assert compress("So far I've read a chapter.") == "So far I've read a chapter."
+    assert compress("So, we moved to Berlin.") == "We moved to Berlin."
+    assert compress("Well done on the exam!") == "Well done on the exam!"
     assert compress("**Task:** ship it") == "Task: ship it"
     assert texts([user("Haha, we actually went to Lisbon in May.")]) == ["We went to Lisbon in May."]
 

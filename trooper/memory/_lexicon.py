@@ -50,10 +50,13 @@ PHATIC: Final = frozenset(
 FILLER_WORDS: Final = frozenset(
     "really very actually basically totally definitely absolutely literally honestly truly quite just".split()  # noqa: SIM905
 )
-#: Interjections and discourse markers a line may open with ("Oh, ", "Well, ", "Haha "); dropped too.
-LEADING_WORDS: Final = frozenset(
-    "oh well so yeah yes wow haha hahaha hmm um uh ok okay hey hi hello anyway alright sure".split()  # noqa: SIM905
-)
+#: Interjections a line may open with ("Oh ", "Haha "); dropped there.
+INTERJECTIONS: Final = frozenset("oh wow haha hahaha hmm um uh hey hi hello".split())  # noqa: SIM905
+#: Discourse markers a line may open with; dropped only when punctuation sets them apart ("Well, ",
+#: "So, "), since without it they may be part of what is said ("So far", "Well done", "Sure enough").
+DISCOURSE_MARKERS: Final = frozenset("well so yeah yes ok okay anyway alright sure".split())  # noqa: SIM905
+#: Every word a line's opening may lose.
+LEADING_WORDS: Final = INTERJECTIONS | DISCOURSE_MARKERS
 
 #: Decisions, constraints and plans: lines that say what was settled or what must hold.
 DECISION_RE: Final = re.compile(

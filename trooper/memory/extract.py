@@ -36,9 +36,11 @@ from typing import Any, Final, NamedTuple
 from trooper.memory._dates import SessionDate, find_session_date, relative_spans
 from trooper.memory._lexicon import (
     DECISION_RE,
+    DISCOURSE_MARKERS,
     DONE_RE,
     ERROR_RE,
     FILLER_WORDS,
+    INTERJECTIONS,
     LEADING_WORDS,
     OPEN_RE,
     PHATIC,
@@ -337,14 +339,19 @@ def _clause_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
 
 
 _FILLER_RE: Final = re.compile(r"\b(?:" + "|".join(sorted(FILLER_WORDS)) + r")\b(?! \d)\s*", re.IGNORECASE)
-_LEADING_RE: Final = re.compile(r"^(?:(?:" + "|".join(sorted(LEADING_WORDS)) + r")\b[\s,.!…]*)+", re.IGNORECASE)
+_LEADING_RE: Final = re.compile(
+    r"^(?:(?:" + "|".join(sorted(INTERJECTIONS)) + r")\b[\s,.!…]*"
+    r"|(?:" + "|".join(sorted(DISCOURSE_MARKERS)) + r")\b\s*[,.!…]+\s*)+",
+    re.IGNORECASE,
+)
 _SPACES: Final = re.compile(r"\s{2,}")
 
 
 def compress(span: str) -> str:
     """``span`` without opening interjections and filler words (the only compression applied).
 
-    Dropped words are exactly those of :data:`~._lexicon.LEADING_WORDS` (at the start) and
+    Dropped words are exactly those of :data:`~._lexicon.LEADING_WORDS` (at the start; a discourse
+    marker only when punctuation follows it) and
     :data:`~._lexicon.FILLER_WORDS` (anywhere, except "just" before a number, where it means "only"),
     and markdown emphasis marks; the rest keeps its order. A span that would lose all but one word is
     left as it was.
