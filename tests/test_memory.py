@@ -1,8 +1,7 @@
-"""Memory: token estimation, segmentation, the three layers, truncation, caching and the model option."""
+"""Memory: token estimation, segmentation, truncation, the layers and the budget policy, caching."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from collections.abc import Sequence
 from typing import Any
@@ -15,27 +14,18 @@ from trooper.memory import (
     BudgetTooSmall,
     CalibratedEstimator,
     CallableEstimator,
+    CompactionCache,
     ContentKind,
-    ExtractCache,
-    Section,
-    SitrepWriter,
-    SummaryRequest,
     classify,
     compact,
-    context_from_show,
-    extract_turn,
     is_prompt,
     message_text,
-    resolve_context,
     segment,
     truncate_text,
     turn_fingerprint,
 )
-from trooper.memory.extract import find_entities, split_sentences
-from trooper.memory.sitrep import build_sitrep
-from trooper.memory.state import ConversationState
 from trooper.memory.truncate import fit_turn, waterfill
-from trooper.memory.turns import TurnIndex, prompt_starts
+from trooper.memory.turns import TurnIndex, content_text, prompt_starts
 
 Message = dict[str, Any]
 EST = CalibratedEstimator()
@@ -233,114 +223,6 @@ def test_lazy_turn_index_matches_segment() -> None:
         index[len(index)]
 
 
-# ------------------------------------------------------------------------------------ extraction
-
-
-@pytest.mark.parametrize(
-    ("text", "kind", "value"),
-    [
-        ("see https://grafana.acme.io/d/x7Kp2/latency.", "url", "https://grafana.acme.io/d/x7Kp2/latency"),
-        ("mail m.delgado@acme.io today", "email", "m.delgado@acme.io"),
-        ("host pg-7f3a.eu-west-1.internal:5432 is up", "host", "pg-7f3a.eu-west-1.internal:5432"),
-        ("freeze on 2025-03-14 then", "date", "2025-03-14"),
-        ("we meet March 3, 2025 at noon", "date", "March 3, 2025"),
-        ("pin v2.14.3 now", "version", "v2.14.3"),
-        ("ticket OPS-4412 filed", "ticket", "OPS-4412"),
-        ("commit a3f9c1e broke it", "hash", "a3f9c1e"),
-        ("edit src/app/main.py first", "path", "src/app/main.py"),
-        ("the file /etc/app/limits.yaml.", "path", "/etc/app/limits.yaml"),
-        ("p99 is 420 ms today", "quantity", "420 ms"),
-        ("a cap of $1,200 monthly", "money", "$1,200"),
-        ("Maria Delgado approved", "name", "Maria Delgado"),
-        ("flag checkout_v2_rollout on", "ident", "checkout_v2_rollout"),
-        ("run `make test` please", "code", "make test"),
-        ("at 14:30 UTC sharp", "time", "14:30 UTC"),
-    ],
-)
-def test_entities_are_found_as_exact_strings(text: str, kind: str, value: str) -> None:
-    found = {(e.kind, e.text) for e in find_entities(text)}
-    assert (kind, value) in found, found
-
-
-def test_sentence_splitter_respects_abbreviations() -> None:
-    parts = split_sentences("Use a cache, e.g. Redis. Then deploy it!\n- Bullet point here")
-    assert parts == ["Use a cache, e.g. Redis.", "Then deploy it!", "Bullet point here"]
-
-
-def test_extract_sections() -> None:
-    turn = [
-        user("Never run migrations on Friday. The database is db-7.acme.internal. How is it going?"),
-        tool_call("t1", "pytest -x tests/"),
-        tool_result("t1", "Traceback (most recent call last):\nAssertionError: boom", error=True),
-        assistant("We decided to use Alembic instead of raw SQL. TODO: backfill the audit table."),
-    ]
-    ex = extract_turn(turn)
-    by_section = {s: [c.text for c in ex.candidates if c.section == s] for s in Section}
-    assert any("Never run migrations" in t for t in by_section[Section.GOALS])
-    assert any("Alembic" in t for t in by_section[Section.DECISIONS])
-    assert any("db-7.acme.internal" in t for t in by_section[Section.FACTS])
-    assert any("ERROR" in t and "pytest -x tests/" in t for t in by_section[Section.TOOLS])
-    assert any("backfill" in t for t in by_section[Section.OPEN])
-    assert not any("How is it going" in t for texts_ in by_section.values() for t in texts_)
-    assert "db-7.acme.internal" in ex.ekeys
-
-
-def test_tool_output_odd_line_wins_over_routine_lines() -> None:
-    log = "\n".join(f"2025-01-0{i}T10:00:00Z INFO req_{i}abc GET /api/x 200 {i}ms" for i in range(1, 9))
-    log += "\nDeployed build v4.18.2 to production"
-    ex = extract_turn([user("check the deploy"), tool_call("t1", "kubectl logs"), tool_result("t1", log)])
-    facts = [c for c in ex.candidates if c.section == Section.FACTS]
-    assert facts and "v4.18.2" in facts[0].text
-
-
-# ---------------------------------------------------------------------------------------- sitrep
-
-
-def _ranked(msgs: list[Message]) -> tuple[ConversationState, TurnIndex]:
-    turns = TurnIndex(msgs, prompt_starts(msgs))
-    state = ConversationState()
-    state.sync(turns, len(turns), EST, None)
-    state.rank(turns, len(turns), None)
-    return state, turns
-
-
-def test_sitrep_is_delimited_tagged_and_within_budget() -> None:
-    msgs = conversation(20)
-    state, _ = _ranked(msgs)
-    sitrep = build_sitrep(state.ranked, 3, 22, 400, EST)
-    assert sitrep is not None
-    assert sitrep.text.startswith("[SITREP — summary of turns 3–22")
-    assert sitrep.text.endswith("[end of SITREP]")
-    assert sitrep.tokens <= 400
-    assert sum(EST.count_message(m) for m in sitrep.messages()) == sitrep.tokens
-    for entry in sitrep.entries:
-        assert all(3 <= t <= 22 for t in entry.turns)
-        assert f"[t{entry.turns[0]}" in sitrep.text
-    assert "Facts:" in sitrep.text
-
-
-def test_sitrep_merges_duplicates_and_skips_covered_facts() -> None:
-    msgs = [user("setup"), assistant("ok"), user("x"), assistant("y")]
-    for i in range(4):
-        msgs += [user("Never deploy on Fridays. The box is web-1.acme.internal."), assistant(f"ok {i}")]
-    msgs.append(user("now?"))
-    state, _ = _ranked(msgs)
-    sitrep = build_sitrep(state.ranked, 3, 6, 500, EST)
-    assert sitrep is not None
-    goals = [e for e in sitrep.entries if e.section == Section.GOALS]
-    assert len(goals) == 1 and goals[0].turns == (3, 4, 5, 6)
-    covered = build_sitrep(state.ranked, 3, 6, 500, EST, covered=frozenset({"web-1.acme.internal"}))
-    assert covered is not None
-    assert "web-1.acme.internal" not in [
-        e for entry in covered.entries if entry.section == Section.FACTS for e in entry.entities
-    ]
-
-
-def test_sitrep_returns_none_when_not_even_the_frame_fits() -> None:
-    state, _ = _ranked(conversation(5))
-    assert build_sitrep(state.ranked, 3, 7, 10, EST) is None
-
-
 # -------------------------------------------------------------------------------------- truncation
 
 
@@ -397,7 +279,7 @@ def test_layers_are_anchor_then_sitrep_then_tail() -> None:
     assert result.compacted and result.sitrep is not None
     out = result.messages
     assert out[:4] == msgs[:4]  # Anchor verbatim
-    assert out[4]["content"][0]["text"].startswith("[SITREP — summary of turns 3–")
+    assert content_text(out[4]["content"]).startswith("[SITREP: key lines of turns 3–")
     assert out[5]["role"] == "assistant"
     assert out[-1] == msgs[-1]  # the current prompt
     src = result.sources
@@ -407,10 +289,8 @@ def test_layers_are_anchor_then_sitrep_then_tail() -> None:
     total = sum(EST.count_message(m) for m in out) + result.layers["system"] + result.layers["tools"]
     assert total == result.layers["total"] <= budget.context_tokens - budget.reserved_output
     assert result.layers["total"] == sum(result.layers[k] for k in ("anchor", "sitrep", "tail", "system", "tools"))
-    assert result.headers["x-trooper-memory-sitrep"] == str(result.layers["sitrep"])
     assert_pairs_intact(out)
-    for entry in result.sitrep.entries:
-        assert all(t in src["sitrep"] for t in entry.turns)
+    assert all(entry.turn in src["sitrep"] for entry in result.sitrep.entries)
 
 
 def test_sitrep_keeps_exact_facts_the_tail_dropped() -> None:
@@ -420,18 +300,64 @@ def test_sitrep_keeps_exact_facts_the_tail_dropped() -> None:
     summarised = result.sources["sitrep"]
     kept = [n for n in summarised if f"inv-{n - 3:03d}.eu-west-1.internal" in result.sitrep.text]
     assert len(kept) >= 6
-    source = texts(msgs)
-    for entry in result.sitrep.entries:  # entities are exact strings of the conversation
-        assert all(e in source for e in entry.entities)
+    for entry in result.sitrep.entries:  # each entry is a span of the message it cites
+        assert entry.text in message_text(msgs[entry.message])
 
 
-def test_sitrep_share_is_reserved_and_unused_room_goes_to_the_tail() -> None:
-    msgs = conversation(40)
-    usable = 3000
-    result = compact(msgs, budget=Budget(usable, 0, sitrep_share=0.2))
-    assert result.layers["sitrep"] <= usable - result.layers["anchor"] - result.layers["tail"]
-    none = compact(msgs, budget=Budget(usable, 0, sitrep_share=0.0))
-    assert len(none.sources["tail"]) >= len(result.sources["tail"])
+def test_tail_keeps_the_current_and_two_previous_turns_and_a_quarter() -> None:
+    msgs = conversation(40, filler=5)
+    n = len(segment(msgs))
+    for context in (1200, 2500, 6000):
+        result = compact(msgs, budget=Budget(context, 0))
+        assert result.sources["tail"][-3:] == (n - 2, n - 1, n)
+        assert result.layers["tail"] >= 0.25 * context
+        assert not result.truncated
+
+
+def test_the_split_adapts_to_the_middle() -> None:
+    msgs = conversation(40, filler=5)
+    total = sum(EST.count_message(m) for m in msgs)
+    small = compact(msgs, budget=Budget(total // 4, 0))  # a middle several times the space: summarised
+    large = compact(msgs, budget=Budget(total * 3 // 4, 0))  # barely more than the space: mostly verbatim
+    assert small.layers["sitrep"] > small.layers["tail"]
+    assert large.layers["tail"] > large.layers["sitrep"] > 0
+    assert len(large.sources["tail"]) > len(small.sources["tail"])
+
+
+def test_tail_grows_in_place_and_the_sitrep_start_stays() -> None:
+    """Between two moves of the Tail, requests keep its start and the SITREP's core, so a local server
+    can reuse its prompt cache; a warm cache changes nothing about that."""
+    msgs = conversation(60)
+    budget = Budget(2500, 0)
+    cache = CompactionCache()
+    starts, cores = [], []
+    history = msgs
+    for step in range(8):
+        result = compact(history, budget=budget, cache=cache)
+        assert result == compact(history, budget=budget)
+        assert result.sitrep is not None
+        starts.append(result.sources["tail"][0])
+        cores.append(result.sitrep.entries[: result.sitrep.core])
+        history = [*history, assistant(f"Answer {step}: done."), user(f"Question {step}: next?")]
+    assert len(set(starts)) < len(starts)  # the Tail stayed put at least once
+    for a, b, core_a, core_b in zip(starts, starts[1:], cores, cores[1:], strict=False):
+        if a == b:
+            assert core_a == core_b
+
+
+def test_a_squeezed_tail_cuts_only_messages_larger_than_their_share() -> None:
+    msgs = conversation(20)[:-1]
+    huge = assistant("A long explanation of every step. " * 600)
+    msgs += [user("What did the migration do?"), huge, user("And the backup?"), assistant("It ran at 02:00.")]
+    msgs.append(user("So what now?"))
+    result = compact(msgs, budget=Budget(3000, 0))
+    n = len(segment(msgs))
+    assert result.sources["tail"] == (n - 2, n - 1, n)
+    assert result.sources["truncated"] == (n - 2,)
+    tail = result.messages[-5:]
+    assert tail[0] == msgs[-5] and tail[2:] == msgs[-3:]  # small messages whole
+    assert MARKER_PREFIX in message_text(tail[1])
+    assert result.layers["total"] <= 3000
 
 
 def test_anchor_and_current_overflow_are_truncated_with_markers() -> None:
@@ -459,8 +385,10 @@ def test_budget_too_small_is_an_error() -> None:
         compact(conversation(5), budget=Budget(40, 0))
     with pytest.raises(BudgetTooSmall):
         compact(conversation(5), budget=Budget(1000, 999))
-    with pytest.raises(ValueError, match="sitrep_share"):
-        Budget(1000, 0, sitrep_share=1.5)
+    with pytest.raises(ValueError, match="tail_share"):
+        Budget(1000, 0, tail_share=1.5)
+    with pytest.raises(ValueError, match="context_tokens"):
+        Budget(-1)
 
 
 def test_no_sitrep_when_there_is_no_room_for_one() -> None:
@@ -477,7 +405,7 @@ def test_no_sitrep_when_there_is_no_room_for_one() -> None:
 def test_cache_gives_identical_results_and_hits() -> None:
     msgs = conversation(60)
     budget = Budget(3000, 500)
-    cache = ExtractCache()
+    cache = CompactionCache()
     cold = compact(msgs, budget=budget)
     first = compact(msgs, budget=budget, cache=cache)
     misses = cache.stats().turn_misses
@@ -492,7 +420,7 @@ def test_cache_gives_identical_results_and_hits() -> None:
 def test_incremental_turn_costs_only_new_extracts() -> None:
     msgs = conversation(80)
     budget = Budget(3000, 500)
-    cache = ExtractCache()
+    cache = CompactionCache()
     compact(msgs, budget=budget, cache=cache)
     before = cache.stats()
     longer = [*msgs, assistant("Here is the plan."), user("Go on.")]
@@ -505,7 +433,7 @@ def test_incremental_turn_costs_only_new_extracts() -> None:
 def test_edited_history_rewinds_and_moved_cache_control_is_harmless() -> None:
     msgs = conversation(60)
     budget = Budget(3000, 500)
-    cache = ExtractCache()
+    cache = CompactionCache()
     compact(msgs, budget=budget, cache=cache)
     edited = copy.deepcopy(msgs)
     edited[10] = user("An edited message about db-99.acme.internal that changes the middle.")
@@ -526,7 +454,7 @@ def test_edited_history_rewinds_and_moved_cache_control_is_harmless() -> None:
 def test_calibration_change_recounts() -> None:
     msgs = conversation(40)
     est = CalibratedEstimator()
-    cache = ExtractCache()
+    cache = CompactionCache()
     budget = Budget(3000, 500)
     compact(msgs, budget=budget, estimator=est, cache=cache)
     for _ in range(10):
@@ -537,7 +465,7 @@ def test_calibration_change_recounts() -> None:
 
 
 def test_extract_cache_is_bounded() -> None:
-    cache = ExtractCache(maxsize=10, max_prefixes=2)
+    cache = CompactionCache(maxsize=10, max_prefixes=2)
     for i in range(5):
         compact(conversation(8 + i), budget=Budget(1500, 0), cache=cache)
     assert len(cache) <= 10
@@ -545,78 +473,10 @@ def test_extract_cache_is_bounded() -> None:
     assert len(cache) == 0 and cache.stats().turn_hits == 0
 
 
-# ------------------------------------------------------------------------------------- ollama show
-
-
-def test_context_from_show() -> None:
-    show = {"model_info": {"general.architecture": "qwen3", "qwen3.context_length": 40960, "x.context_length": 8}}
-    assert context_from_show(show) == 40960
-    assert context_from_show({"model_info": {"llama.context_length": 8192, "clip.context_length": 4096}}) == 4096
-    assert context_from_show({"model_info": {}}) is None
-    assert context_from_show({}) is None
-    assert context_from_show({"model_info": {"a.context_length": "oops"}}) is None
-    assert resolve_context(16384, show) == 16384
-    assert resolve_context(None, show) == 40960
-    assert resolve_context(None, None) == 8192
-    assert resolve_context(None, show, cap=32768) == 32768
-
-
-# ------------------------------------------------------------------------------- model-written SITREP
-
-
-def test_model_written_sitrep_is_stored_and_used() -> None:
-    msgs = conversation(40)
-    budget = Budget(2500, 500)
-    cache = ExtractCache()
-    seen: list[SummaryRequest] = []
-
-    def summarise(request: SummaryRequest) -> str:
-        seen.append(request)
-        assert "[t3]" in request.transcript and "{max_tokens}" not in request.prompt()
-        return f"Goals:\n- never push to main [t1]\nFacts:\n- replicas summarised up to turn {request.last}"
-
-    writer = SitrepWriter(summarise, cache=cache, max_chunk_tokens=100_000)
-    before = compact(msgs, budget=budget, cache=cache)
-    assert before.sitrep is not None and before.sitrep.kind == "extractive"
-    summary = writer.refresh(msgs, budget=budget)
-    assert summary is not None and summary.first == 3 and seen[0].previous is None
-    assert writer.plan(msgs, budget=budget) is None  # up to date
-    after = compact(msgs, budget=budget, cache=cache)
-    assert after.sitrep is not None and after.sitrep.kind in ("model", "mixed")
-    assert "replicas summarised up to turn" in after.sitrep.text
-    assert after.layers["total"] <= 2000
-    # A longer history: the stored summary covers a prefix; extractive entries cover the rest.
-    longer = [*msgs, assistant("ok"), *conversation(10)[4:]]
-    mixed = compact(longer, budget=budget, cache=cache)
-    assert mixed.sitrep is not None and mixed.sitrep.model_turns == (3, summary.last)
-    step = writer.plan(longer, budget=budget)
-    assert step is not None and step.previous == summary.text and step.turns[0].number == summary.last + 1
-
-
-def test_model_summariser_can_be_async_and_chunks_long_backlogs() -> None:
-    msgs = conversation(40)
-    budget = Budget(2500, 500)
-    cache = ExtractCache()
-
-    async def summarise(request: SummaryRequest) -> str:
-        await asyncio.sleep(0)
-        return f"summary of {request.first}-{request.last}"
-
-    writer = SitrepWriter(summarise, cache=cache, max_chunk_tokens=300)
-    first = asyncio.run(writer.arefresh(msgs, budget=budget))
-    assert first is not None and first.last < 40
-    second = asyncio.run(writer.arefresh(msgs, budget=budget))
-    assert second is not None and second.last > first.last
-    request = writer.plan(msgs, budget=budget)
-    assert request is not None
-    with pytest.raises(TypeError, match="asynchronous"):
-        writer.run(request)
-
-
 def test_shorter_or_regenerated_history_after_a_long_one() -> None:
     msgs = conversation(30)
     budget = Budget(2500, 500)
-    cache = ExtractCache()
+    cache = CompactionCache()
     compact(msgs, budget=budget, cache=cache)
     for cut in (4, 6, 10, len(msgs) - 1):
         shorter = msgs[:-cut]
@@ -625,3 +485,21 @@ def test_shorter_or_regenerated_history_after_a_long_one() -> None:
     regenerated = [*msgs[:-2], assistant("A different answer."), user("And now?")]
     assert compact(regenerated, budget=budget, cache=cache) == compact(regenerated, budget=budget)
     assert compact(msgs, budget=budget, cache=cache) == compact(msgs, budget=budget)
+
+
+def test_every_block_kind_has_a_count() -> None:
+    def block(b: dict[str, Any]) -> int:
+        return EST.count_message({"role": "user", "content": [b]})
+
+    assert block({"type": "redacted_thinking", "data": "x" * 400}) > block({"type": "redacted_thinking", "data": ""})
+    text_doc = {"type": "document", "title": "Notes", "source": {"type": "text", "data": "word " * 200}}
+    assert block(text_doc) > 200
+    nested = {"type": "document", "source": {"type": "content", "content": [{"type": "text", "text": "a b c"}]}}
+    assert block(nested) > 0
+    assert block({"type": "document", "source": {"type": "base64", "data": "A" * 40_000}}) >= 7_500
+    assert block({"type": "document", "source": {"type": "url", "url": "https://x.io/a.pdf"}}) > 0
+    assert block({"type": "document"}) > 0
+    assert block({"type": "search_result", "content": "x"}) > 0
+    assert EST.count_message({"role": "user", "content": ["bare string block"]}) > 0
+    assert EST.count_message({"role": "user", "content": {"odd": "shape"}}) > 0
+    assert EST.count_message({"role": "user"}) == 4

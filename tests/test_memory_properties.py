@@ -4,11 +4,16 @@
   and then only because the Anchor and the current turn cannot fit even truncated;
 - the Anchor turns and the current prompt are present, verbatim or visibly truncated (marker);
 - ``tool_use``/``tool_result`` pairs are intact;
-- the result is deterministic, and the cache never changes it (cold == warm, any history order).
+- the Tail holds the current turn, and the two turns before it are never summarised away;
+- the result is deterministic, and the cache never changes it (cold == warm, any history order);
+- every SITREP entry is a span of one message of the conversation by its speaker, its words in the
+  order they had there, allowing only the documented light compression (dropped filler words).
 """
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import hypothesis.strategies as st
@@ -19,18 +24,20 @@ from trooper.memory import (
     Budget,
     BudgetTooSmall,
     CalibratedEstimator,
-    ExtractCache,
+    CompactionCache,
     compact,
     is_prompt,
     message_text,
     segment,
     truncate_text,
 )
-from trooper.memory.sitrep import ACK_TEXT
+from trooper.memory._lexicon import FILLER_WORDS, LEADING_WORDS
+from trooper.memory.extract import UnitKind
+from trooper.memory.sitrep import ACK_TEXT, SitrepEntry
 
 Message = dict[str, Any]
 EST = CalibratedEstimator()
-SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 SAMPLE = (
     "deploy the service never push main always test database replica latency budget decided use Redis "
@@ -119,7 +126,9 @@ def cases(draw: st.DrawFn) -> tuple[list[Message], Budget]:
         context_tokens=context,
         reserved_output=reserved,
         anchor_share=draw(st.sampled_from([0.0, 0.1, 0.25, 0.5])),
-        sitrep_share=draw(st.sampled_from([0.0, 0.1, 0.2, 0.4])),
+        tail_share=draw(st.sampled_from([0.0, 0.25, 0.4])),
+        tail_cap=draw(st.sampled_from([0.3, 0.5, 0.8])),
+        slack_share=draw(st.sampled_from([0.0, 1 / 16, 0.2])),
     )
     return msgs, budget
 
@@ -209,7 +218,13 @@ def test_fits_keeps_anchor_and_prompt_and_pairs(
     covered = sorted(src["anchor"] + src["sitrep"] + src["tail"] + src["dropped"])
     assert covered == list(range(1, len(turns) + 1))
     if result.sitrep is not None:
-        assert all(set(e.turns) <= set(src["sitrep"]) for e in result.sitrep.entries)
+        assert all(e.turn in src["sitrep"] for e in result.sitrep.entries)
+    # The current turn is in the Tail, and the two before it are never summarised away.
+    n = len(turns)
+    assert n in src["tail"]
+    assert not {n - 2, n - 1} & set(src["sitrep"])
+    if not result.truncated and not src["dropped"] and n >= 5:
+        assert {n - 2, n - 1} <= set(src["tail"])
 
 
 @SETTINGS
@@ -218,7 +233,7 @@ def test_deterministic_and_cache_invisible(case: tuple[list[Message], Budget], c
     """Any sequence of requests through one cache (growing, shrinking, regenerated) equals cold runs."""
     msgs, budget = case
 
-    def run(history: list[Message], cache: ExtractCache | None) -> Any:
+    def run(history: list[Message], cache: CompactionCache | None) -> Any:
         try:
             return compact(history, budget=budget, estimator=EST, cache=cache)
         except BudgetTooSmall as exc:
@@ -226,7 +241,7 @@ def test_deterministic_and_cache_invisible(case: tuple[list[Message], Budget], c
 
     cold = run(msgs, None)
     assert run(msgs, None) == cold
-    cache = ExtractCache()
+    cache = CompactionCache()
     for cut in cuts:
         history = msgs[: max(1, len(msgs) - cut)]
         assert run(history, cache) == run(history, None)
@@ -242,3 +257,113 @@ def test_truncate_text_fits_or_cannot_save(text: str, limit: int) -> None:
         assert MARKER_PREFIX in out
         assert EST.count(out) <= limit or out.startswith(MARKER_PREFIX)
         assert EST.count(out) < EST.count(text)
+
+
+# ------------------------------------------------------------------------- SITREP entries are spans
+
+WORD = re.compile(r"\w+")
+DROPPABLE = FILLER_WORDS | LEADING_WORDS
+NAMES = ("Kevin", "Paola", "Fahim Khan", "elise")
+_CHAT = (
+    "we booked the flights to Lisbon for March and I love pasta with ham and peas but my exam is tomorrow "
+    "the dashboard responds in 250ms after caching and Maria owns checkout since 2021 yesterday last Friday "
+    "a week ago I finished the migration we still need to fix the retry loop let's go with Postgres"
+)
+CHAT_WORDS = tuple(_CHAT.split())
+FILLERS = tuple(sorted(FILLER_WORDS))
+OPENERS = ("Oh, ", "Well, ", "Haha ", "Hey! ", "So ", "")
+
+
+@st.composite
+def chat_sentence(draw: st.DrawFn) -> str:
+    words = draw(st.lists(st.sampled_from((*CHAT_WORDS, *FILLERS)), min_size=2, max_size=30))
+    end = draw(st.sampled_from([".", "!", "?", ""]))
+    return draw(st.sampled_from(OPENERS)) + " ".join(words) + end
+
+
+@st.composite
+def chat_message(draw: st.DrawFn, role: str) -> Message:
+    sentences = draw(st.lists(chat_sentence(), min_size=1, max_size=3))
+    if draw(st.booleans()):  # a chat log relayed as one message, maybe opening a session
+        lines = []
+        for i, sentence in enumerate(sentences):
+            stamp = f"[{draw(st.integers(1, 28)):02d}.01.2024, 20:00:00] " if i == 0 and draw(st.booleans()) else ""
+            lines.append(f"{stamp}{draw(st.sampled_from(NAMES))}: {sentence}")
+        return {"role": role, "content": "\n".join(lines)}
+    return {"role": role, "content": " ".join(sentences)}
+
+
+@st.composite
+def chat(draw: st.DrawFn) -> list[Message]:
+    msgs: list[Message] = []
+    for n in range(draw(st.integers(4, 10))):
+        msgs.append(draw(chat_message("user")))
+        if draw(st.integers(0, 5)) == 0:
+            command = " ".join(draw(st.lists(st.sampled_from(CHAT_WORDS), min_size=1, max_size=6)))
+            use = {"type": "tool_use", "id": f"toolu_{n}", "name": "Bash", "input": {"command": command}}
+            output = "\n".join(draw(st.lists(chat_sentence(), min_size=1, max_size=3)))
+            result = {"type": "tool_result", "tool_use_id": f"toolu_{n}", "content": output}
+            msgs += [{"role": "assistant", "content": [use]}, {"role": "user", "content": [result]}]
+        msgs.append(draw(chat_message("assistant")))
+    msgs.append({"role": "user", "content": "What now?"})
+    return msgs
+
+
+def light_compression_of(entry: str, source: str) -> bool:
+    """Whether ``entry``'s words appear in ``source`` in order and contiguously, except for dropped
+    filler words (:data:`FILLER_WORDS`, :data:`LEADING_WORDS`): the only compression allowed."""
+    want, have = WORD.findall(entry.lower()), WORD.findall(source.lower())
+    if not want:
+        return False
+    for start in range(len(have)):
+        i, j = 0, start
+        while i < len(want) and j < len(have):
+            if have[j] == want[i]:
+                i, j = i + 1, j + 1
+            elif have[j] in DROPPABLE and i > 0:
+                j += 1
+            else:
+                break
+        if i == len(want):
+            return True
+    return False
+
+
+def _source_texts(message: Message, entry: SitrepEntry) -> list[str]:
+    """The texts of ``message`` an entry of this kind may be a span of, as its speaker said them."""
+    blocks = (
+        message["content"] if isinstance(message["content"], list) else [{"type": "text", "text": message["content"]}]
+    )
+    if entry.kind is UnitKind.TOOL:
+        return [json.dumps(b.get("input"), ensure_ascii=False) for b in blocks if b.get("type") == "tool_use"]
+    if entry.kind is UnitKind.OUTPUT:
+        return [str(b.get("content")) for b in blocks if b.get("type") == "tool_result"]
+    lines = [line for b in blocks if b.get("type") == "text" for line in str(b["text"]).split("\n")]
+    if entry.speaker != entry.role:  # a name: the span lies in one of that speaker's lines
+        lines = [line for line in lines if re.match(rf"\s*(\[[^\]]*\]\s*)?{re.escape(entry.speaker)}:", line)]
+    return lines
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chat(), st.floats(0.1, 0.9))
+def test_every_sitrep_entry_is_a_lightly_compressed_span_of_its_speakers_message(
+    msgs: list[Message], share: float
+) -> None:
+    total = sum(EST.count_message(m) for m in msgs)
+    try:
+        result = compact(msgs, budget=Budget(max(200, int(total * share)), 0), estimator=EST)
+    except BudgetTooSmall:
+        return
+    if result.sitrep is None:
+        return
+    for entry in result.sitrep.entries:
+        message = msgs[entry.message]
+        assert message["role"] == entry.role
+        sources = _source_texts(message, entry)
+        assert any(light_compression_of(entry.text, text) for text in sources), (entry, sources)
+        if entry.outcome:
+            results = [
+                str(b.get("content")) for b in msgs[entry.message + 1]["content"] if b.get("type") == "tool_result"
+            ]
+            assert any(light_compression_of(entry.outcome, text) for text in results)
+        assert entry.line in result.sitrep.text or entry.text in result.sitrep.text

@@ -16,7 +16,7 @@ import attrs
 
 from trooper.config import Config
 from trooper.controls import TROOPER_FIELDS
-from trooper.memory import Budget, CalibratedEstimator, ExtractCache, compact
+from trooper.memory import Budget, CalibratedEstimator, CompactionCache, ModelSitrep, SitrepMode, compact
 from trooper.providers.base import LocalProvider, ProviderError
 from trooper.turn import LocalContext
 
@@ -46,7 +46,7 @@ class Memory:
         self.estimator = CalibratedEstimator()
         # Bounded well below the memory package's default: entries hold per-turn extracts, and a
         # long-running proxy sees many conversations (the soak bench measured ~5 KiB of RSS a turn).
-        self.cache = ExtractCache(maxsize=2_000)
+        self.cache = CompactionCache(maxsize=2_000)
         self._calibrations: OrderedDict[str, _Calibration] = OrderedDict()
 
     def estimator_for(self, session: str) -> CalibratedEstimator:
@@ -84,9 +84,20 @@ class Memory:
         except ProviderError:
             self.context_tokens = None
 
-    def compact(self, body: Mapping[str, Any], session: str) -> LocalContext:
+    def compact(
+        self,
+        body: Mapping[str, Any],
+        session: str,
+        *,
+        sitrep: SitrepMode = "extractive",
+        summaries: Sequence[ModelSitrep] = (),
+    ) -> LocalContext:
         """Anchor + SITREP + Tail for a request's body (controls already stripped), sized to the local
-        model (pure, synchronous)."""
+        model (pure, synchronous).
+
+        ``sitrep`` and ``summaries`` choose the SITREP (see :func:`trooper.memory.compact`): the
+        conversation's model-written summaries, when the engine keeps them, are local content.
+        """
         context = self.context_tokens or SAFE_DEFAULT_CONTEXT
         requested = body.get("max_tokens")
         reserved = min(int(requested), context // 4) if isinstance(requested, int) and requested > 0 else context // 4
@@ -97,6 +108,8 @@ class Memory:
             tools=body.get("tools"),
             estimator=self.estimator_for(session),
             cache=self.cache,
+            sitrep=sitrep,
+            summaries=summaries,
         )
         return LocalContext(list(result.messages), dict(result.layers), result.num_ctx, reserved)
 

@@ -3,33 +3,29 @@
 A local model does not get the raw history: it gets the first two turns verbatim (Anchor), a compressed
 abstraction of the middle turns (SITREP) and the newest turns that fit (Tail), sized to its context
 window. :func:`compact` builds that request — purely, synchronously, deterministically — and reports
-every layer's tokens; an :class:`ExtractCache` shared across requests makes it incremental. See DESIGN §7.
+every layer's tokens; a :class:`CompactionCache` shared across requests makes it incremental.
 
-One module per concept: :mod:`.tokens` (estimation), :mod:`.turns` (segmentation, fingerprints),
-:mod:`.extract` (per-turn SITREP candidates), :mod:`.sitrep` (ranking, packing, rendering),
-:mod:`.anchor`, :mod:`.tail`, :mod:`.truncate` (markers), :mod:`.state` and :mod:`.cache`
-(incremental work), :mod:`.compaction` (the budget policy and :func:`compact`), :mod:`.summariser`
-(the optional model-written SITREP).
+The SITREP is chosen by salience: sentences and clauses of the conversation, in their speakers' words,
+worth what they add that is rare in the conversation and not yet shown, grouped by session date, work
+marked done or open. Optionally the local model writes it (:func:`plan_summary`, :func:`accept_summary`,
+:class:`ModelSitrep`), off the request path.
+
+One module per concept: :mod:`.tokens` (estimation), :mod:`.turns` (segmentation, fingerprints, block
+text), :mod:`.extract` (a turn's units), :mod:`.sitrep` (selection and rendering), :mod:`.layers`
+(Anchor and Tail), :mod:`.truncate` (markers), :mod:`.incremental` (memoisation and running
+conversation states), :mod:`.compaction` (the budget policy and :func:`compact`), :mod:`.summariser`
+(the model-written SITREP).
 
 Everything returned here is derived from every turn, local ones included: it is local content and must
-never be sent to a cloud provider (DESIGN §6).
+never be sent to a cloud provider.
 """
 
-from trooper.memory.anchor import ANCHOR_TURNS
-from trooper.memory.cache import CacheStats, ExtractCache
-from trooper.memory.compaction import (
-    DEFAULT_CONTEXT_TOKENS,
-    Budget,
-    BudgetTooSmall,
-    Compaction,
-    compact,
-    context_from_show,
-    resolve_context,
-)
-from trooper.memory.extract import Section, extract_turn
-from trooper.memory.sitrep import Sitrep, SitrepEntry
-from trooper.memory.state import turn_tokens
-from trooper.memory.summariser import AsyncSummariser, ModelSummary, SitrepWriter, Summariser, SummaryRequest
+from trooper.memory.compaction import Budget, BudgetTooSmall, Compaction, SitrepMode, compact
+from trooper.memory.extract import Unit, UnitKind, extract_turn
+from trooper.memory.incremental import CacheStats, CompactionCache, turn_tokens
+from trooper.memory.layers import ANCHOR_TURNS
+from trooper.memory.sitrep import ModelSitrep, Sitrep, SitrepEntry
+from trooper.memory.summariser import SummaryRequest, accept_summary, plan_summary
 from trooper.memory.tokens import (
     CalibratedEstimator,
     CallableEstimator,
@@ -39,39 +35,37 @@ from trooper.memory.tokens import (
     classify,
 )
 from trooper.memory.truncate import MARKER_PREFIX, marker, truncate_text
-from trooper.memory.turns import Turn, is_prompt, message_text, segment, turn_fingerprint
+from trooper.memory.turns import HistoryTurn, is_prompt, message_text, segment, turn_fingerprint
 
 __all__ = [
     "ANCHOR_TURNS",
-    "DEFAULT_CONTEXT_TOKENS",
     "MARKER_PREFIX",
-    "AsyncSummariser",
     "Budget",
     "BudgetTooSmall",
     "CacheStats",
     "CalibratedEstimator",
     "CallableEstimator",
     "Compaction",
+    "CompactionCache",
     "ContentKind",
-    "ExtractCache",
-    "ModelSummary",
-    "Section",
+    "HistoryTurn",
+    "ModelSitrep",
     "Sitrep",
     "SitrepEntry",
-    "SitrepWriter",
-    "Summariser",
+    "SitrepMode",
     "SummaryRequest",
     "TextEstimator",
     "TokenEstimator",
-    "Turn",
+    "Unit",
+    "UnitKind",
+    "accept_summary",
     "classify",
     "compact",
-    "context_from_show",
     "extract_turn",
     "is_prompt",
     "marker",
     "message_text",
-    "resolve_context",
+    "plan_summary",
     "segment",
     "truncate_text",
     "turn_fingerprint",

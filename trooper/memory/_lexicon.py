@@ -1,8 +1,9 @@
 """Word lists and patterns for the extractive SITREP, embedded so nothing is downloaded.
 
 Kept small and English-centric on purpose: they steer salience, they do not decide what is kept on
-their own (rarity within the conversation and entity patterns do most of the work, and those are
-language-neutral).
+their own. Rarity within the conversation does most of the work, and it is language-neutral; these
+lists only say which words carry nothing (function words, phatic talk), which words a light
+compression may drop, and which cues mark a plan, a decision or a finished piece of work.
 """
 
 from __future__ import annotations
@@ -29,60 +30,64 @@ STOPWORDS: Final = frozenset(
     we've well were weren't what what's whatever when when's where where's whether which while who who's
     whom whose why why's will with within without won't work works would wouldn't yeah yes yet you you'd
     you'll you're you've your yours yourself yourselves also just actually basically great good nice
-    fine cool sounds hi hello hey sorry again lot lots bit little big small able done seems
+    fine cool sounds hi hello hey sorry again lot lots bit little big small able done seems till
     """.split()  # noqa: SIM905 - a word list reads better as text than as 300 quoted strings
 )
 
-#: Verbs that open an instruction ("Add retries to…", "Never push to main").
-IMPERATIVES: Final = frozenset(
+#: Phatic talk: greetings, thanks, acknowledgements, enthusiasm. A line made only of these (and of
+#: stop words) says nothing a later turn needs, however often it occurs.
+PHATIC: Final = frozenset(
     """
-    add allow always append avoid build bump change check clean configure convert copy create debug
-    delete deploy disable document don't drop enable ensure explain extract fix follow generate give
-    handle ignore implement include install keep limit list log make mark merge migrate move never
-    note please prefer prevent print publish push put read refactor reject remember remove rename
-    replace report restart restore return review revert rewrite run save send set ship show skip sort
-    split start stop store switch test track try update upgrade use validate verify wrap write
-    """.split()  # noqa: SIM905 - a word list reads better as text than as 300 quoted strings
+    hiya yo thx welcome yep yup nope awesome amazing wonderful fantastic lovely fun glad happy hope hoping
+    wow haha hahaha lol lmao omg oh ah aw aww hmm um uh bye goodbye night morning evening afternoon day
+    today doing well sound definitely absolutely totally indeed agree true exactly appreciate care talk
+    chat meet later certainly
+    """.split()  # noqa: SIM905 - a word list reads better as text than as quoted strings
 )
 
-#: Goals and constraints: modal and requirement language.
-CONSTRAINT_RE: Final = re.compile(
-    r"\b(?:must(?:n't| not)?|never|always|don't|do not|shouldn't|should not|should|need(?:s)? to|have to|"
-    r"has to|required?|requirement|make sure|ensure|avoid|at most|at least|no more than|no later than|"
-    r"prefer|constraint|mandatory|forbidden|not allowed|only ever|under no circumstances|goal|deadline|"
-    r"i want|i'd like|we want|we need)\b",
-    re.IGNORECASE,
+#: Words a light compression drops: intensifiers and fillers that change no fact a line states.
+#: Hedges that do change it ("maybe", "I think") are kept.
+FILLER_WORDS: Final = frozenset(
+    "really very actually basically totally definitely absolutely literally honestly truly quite just".split()  # noqa: SIM905
 )
+#: Interjections a line may open with ("Oh ", "Haha "); dropped there.
+INTERJECTIONS: Final = frozenset("oh wow haha hahaha hmm um uh hey hi hello".split())  # noqa: SIM905
+#: Discourse markers a line may open with; dropped only when punctuation sets them apart ("Well, ",
+#: "So, "), since without it they may be part of what is said ("So far", "Well done", "Sure enough").
+DISCOURSE_MARKERS: Final = frozenset("well so yeah yes ok okay anyway alright sure".split())  # noqa: SIM905
+#: Every word a line's opening may lose.
+LEADING_WORDS: Final = INTERJECTIONS | DISCOURSE_MARKERS
 
+#: Decisions, constraints and plans: lines that say what was settled or what must hold.
 DECISION_RE: Final = re.compile(
-    r"\b(?:we'll|we will|we're going to|let's|let us|decided|decide|decision|go with|going with|"
-    r"settled on|agreed|agree to|chose|choose|chosen|opted|switch(?:ed|ing)? to|instead of|rather than|"
-    r"the plan is|plan is to|we'll use|we use|will use|approved|sign(?:ed)? off)\b",
+    r"\b(?:we'll|we will|we're going to|let's|decided|decide|decision|go with|going with|settled on|agreed|"
+    r"chose|choose|chosen|opted|switch(?:ed|ing)? to|instead of|rather than|the plan is|plan is to|"
+    r"approved|sign(?:ed)? off|must(?:n't| not)?|never|always|don't|do not|make sure|at most|at least|"
+    r"no more than|no later than|deadline|required|mandatory|not allowed|forbidden|prefer)\b",
     re.IGNORECASE,
 )
 
+#: Work or plans still open when they were mentioned.
 OPEN_RE: Final = re.compile(
-    r"\b(?:todo|fixme|tbd|xxx|open question|unresolved|not yet|still need(?:s)?|remaining|follow[- ]up|"
-    r"next step|pending|blocked|to be decided|waiting (?:on|for)|unclear|not sure|revisit|later)\b",
+    r"\b(?:todo|fixme|tbd|open question|unresolved|not yet|still need(?:s)? to|still have to|next step|"
+    r"pending|blocked|to be decided|waiting (?:on|for)|revisit|follow[- ]up|i need to|we need to|"
+    r"i have to|we have to|i'll|i will|we'll|we will|going to|plan(?:ning)? to|i'm planning|"
+    r"want to|hoping to)\b",
     re.IGNORECASE,
 )
 
-#: Error language in tool output; matched against lower-cased text (case-insensitive regexes are slow).
-ERROR_RE: Final = re.compile(
-    r"(?:\btraceback\b|\berror\b|\bexception\b|(?<!\b0 )\bfailed\b|\bfailure\b|\bfatal\b|\bpanic\b|"
-    r"\bdenied\b|\bnot found\b|\bexit (?:code|status) [1-9]|\bsegmentation fault\b|\btimed? ?out\b)",
+#: Work reported finished.
+DONE_RE: Final = re.compile(
+    r"\b(?:done|finished|completed|fixed|merged|deployed|shipped|resolved|implemented|released|closed|"
+    r"passed|passing|works now|is working|landed|published|set up|finalized|finalised|launched)\b",
+    re.IGNORECASE,
 )
 
-#: Leading capitalised words that do not start a name ("The Redis cluster", "We Decided").
-NAME_STOP: Final = frozenset(
-    """
-    A An And As At But By Can Could Did Do Does For From He Her Here His How I If In Is It Its Let Let's
-    My No Not Now Of Oh Ok Okay On Once Or Our Please She So Some That The Their Then There These They
-    This Those To Use We What When Where Which While Who Why Will With Would Yes You Your Also After
-    Before Because Since Sure Thanks Thank Hi Hello Hey Great Good Nice Dear Just Maybe Only Note See
-    Monday Tuesday Wednesday Thursday Friday Saturday Sunday January February March April May June July
-    August September October November December Next Last Every Each All Any Both Mr Mrs Ms Dr
-    """.split()  # noqa: SIM905 - a word list reads better as text than as 300 quoted strings
+#: Error language in tool output ("ImportError" included); matched against lower-cased text
+#: (case-insensitive regexes are slow).
+ERROR_RE: Final = re.compile(
+    r"(?:\btraceback\b|error\b|exception\b|(?<!\b0 )\bfailed\b|\bfailure\b|\bfatal\b|\bpanic\b|"
+    r"\bdenied\b|\bnot found\b|\bexit (?:code|status) [1-9]|\bsegmentation fault\b|\btimed? ?out\b)",
 )
 
 #: Keys of a tool input that say what the call did, most telling first.

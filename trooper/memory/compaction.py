@@ -1,60 +1,86 @@
 """Compaction: assemble Anchor + SITREP + Tail for a local request within the local model's window.
 
 :func:`compact` is pure, synchronous and deterministic (no I/O, no clock), so it can run as the
-conversation machine's transition callback (DESIGN §4). Its output is a valid Messages ``messages``
-list plus an account of every layer's tokens and the turns each layer covers.
+conversation machine's transition callback. Its output is a valid Messages ``messages`` list plus an
+account of every layer's tokens and the turns each layer covers.
 
-Budget policy (the order in which tokens are handed out), with ``usable = context − reserved output −
-system − tools``:
+Budget policy, with ``usable = context − reserved output − system − tools``:
 
 1. If the whole history fits, it is returned unchanged (no SITREP): compaction never loses anything it
    does not have to.
 2. The Anchor (first two turns) and the current turn (the last) come first, verbatim. Only if those two
-   alone overflow are they truncated: the Anchor keeps at least ``anchor_share`` (25 %) of ``usable`` —
-   all of it that the current turn leaves — and the current turn gets the rest. Nothing else fits then.
-3. Otherwise the SITREP reserves ``sitrep_share`` (20 %) of ``usable`` — only when there are middle
-   turns to summarise — and the Tail takes the newest whole middle turns that fit in the remainder.
-   The SITREP then gets everything the Tail left, and if it does not need all of it, more whole turns
-   move from the SITREP into the Tail while they fit (verbatim beats summary when there is room).
+   alone overflow are they truncated: the Anchor keeps at least ``anchor_share`` of ``usable`` — all of
+   it that the current turn leaves — and the current turn gets the rest. Nothing else fits then.
+3. Otherwise the Tail's floor: the current turn and the two exchanges (turns) before it, whole — if
+   they exceed ``tail_cap`` of ``usable``, the two earlier ones give way message by message, only a
+   message larger than its share being cut — then more whole turns, newest first, until the Tail
+   holds ``tail_share`` of ``usable`` (when that much recent content exists).
+4. The split of what is left *adapts to the middle*: with ``R`` = middle tokens / free tokens, the
+   SITREP gets ``1 − 1/R²`` of the free space and whole turns move into the Tail for the rest. A middle
+   barely larger than the space is mostly shown verbatim; a middle twenty times larger is summarised.
+5. The Tail then *grows in place*: while the newest turns fit an allotment (the Tail at that point
+   plus ``slack_share`` of ``usable``), later requests keep the same Tail start and the very same
+   SITREP, adding new turns to the end. Only when the Tail outgrows its allotment does it move
+   forward and the SITREP get rebuilt. Why: a local server reuses its prompt cache for an unchanged
+   prefix, so a SITREP that changes every turn would make the local model re-read the whole context
+   on every request; it also keeps compaction O(new turns) between rebuilds. Where the Tail stands is
+   a pure function of the turns' token counts (:class:`~trooper.memory.incremental.Epoch`), so a cold
+   compaction lands on the same Tail and the same SITREP as a warm one.
+
+The SITREP is built (:mod:`trooper.memory.sitrep`) as of the turn that was current when the Tail last
+moved: document frequencies over the turns before it, coverage by the Anchor and the Tail's turns
+then, so nothing about the growing Tail changes it.
 
 The assembled request never exceeds ``usable`` according to the estimator; when even the minimal forms
 of the Anchor and the current turn cannot fit, :class:`BudgetTooSmall` is raised — a forced-local turn
 must fail loudly rather than send a request the local model would silently truncate.
 
-Privacy: the result is built from every turn, local ones included; it is local content (DESIGN §6).
+Privacy: the result is built from every turn, local ones included; it is local content and must never
+reach a cloud provider.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from typing import Any, Final
+import itertools
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any, Literal
 
 import attrs
 
-from trooper.memory.anchor import anchor_count, build_anchor
-from trooper.memory.cache import ExtractCache
-from trooper.memory.extract import TurnExtract, extract_of
-from trooper.memory.sitrep import Sitrep, build_sitrep, restrict
-from trooper.memory.state import ConversationState, open_state, turn_tokens
-from trooper.memory.tail import build_current, pack_tail
+from trooper.memory.extract import content_terms
+from trooper.memory.incremental import (
+    CompactionCache,
+    ConversationState,
+    Epoch,
+    extract_of,
+    line_costs,
+    open_state,
+    turn_tokens,
+    visible_of,
+)
+from trooper.memory.layers import Layer, anchor_count, build_anchor, build_current, build_recent
+from trooper.memory.sitrep import (
+    Candidate,
+    ModelSitrep,
+    Selection,
+    Sitrep,
+    frame_tokens,
+    freshest,
+    layout,
+    model_preface,
+    select,
+    speaker_factor,
+    unit_factor,
+)
 from trooper.memory.tokens import CalibratedEstimator, TokenEstimator
 from trooper.memory.turns import TurnIndex
 
-__all__ = [
-    "DEFAULT_CONTEXT_TOKENS",
-    "Budget",
-    "BudgetTooSmall",
-    "Compaction",
-    "compact",
-    "context_from_show",
-    "resolve_context",
-    "turn_tokens",
-]
+__all__ = ["Budget", "BudgetTooSmall", "Compaction", "SitrepMode", "compact"]
 
-#: Context assumed when neither the configuration nor ``/api/show`` gives one: every current local
-#: model of interest supports it, and it is above Ollama's small default that silently truncates.
-DEFAULT_CONTEXT_TOKENS: Final = 8192
+#: Where the SITREP comes from: always extractive; the freshest model-written one that covers the
+#: middle (extractive entries for the turns it does not cover yet); or model-written when one exists
+#: and extractive otherwise. See :mod:`trooper.memory.summariser`.
+SitrepMode = Literal["extractive", "model", "auto"]
 
 
 def _non_negative(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
@@ -77,8 +103,12 @@ class Budget:
     reserved_output: int = attrs.field(default=0, validator=_non_negative)
     #: Share of ``usable`` the Anchor keeps when it and the current turn alone overflow.
     anchor_share: float = attrs.field(default=0.25, validator=_share)
-    #: Share of ``usable`` reserved for the SITREP when there are middle turns to summarise.
-    sitrep_share: float = attrs.field(default=0.20, validator=_share)
+    #: The Tail never holds less than this share of ``usable`` when that much recent content exists.
+    tail_share: float = attrs.field(default=0.25, validator=_share)
+    #: The current turn and the two before it give way (message by message) above this share.
+    tail_cap: float = attrs.field(default=0.5, validator=_share)
+    #: How far the Tail may grow in place before it moves and the SITREP is rebuilt.
+    slack_share: float = attrs.field(default=1 / 16, validator=_share)
 
     def usable(self, system_tokens: int = 0, tools_tokens: int = 0) -> int:
         return self.context_tokens - self.reserved_output - system_tokens - tools_tokens
@@ -105,8 +135,8 @@ class Compaction:
     #: Estimated tokens per layer: ``anchor``, ``sitrep``, ``tail`` (current turn included), ``system``,
     #: ``tools`` and ``total`` (their sum, the request's input).
     layers: dict[str, int]
-    #: Turn numbers (1-based, like the SITREP's ``[tN]`` tags) per layer: ``anchor``, ``sitrep``,
-    #: ``tail``; ``dropped`` for turns neither shown nor summarised; ``truncated`` for turns cut down.
+    #: Turn numbers (1-based) per layer: ``anchor``, ``sitrep``, ``tail``; ``dropped`` for turns neither
+    #: shown nor summarised; ``truncated`` for turns cut down.
     sources: dict[str, tuple[int, ...]]
     #: The context to give the local server (Ollama's ``num_ctx``): what the memory was budgeted for.
     num_ctx: int
@@ -118,69 +148,6 @@ class Compaction:
     #: Whether anything was dropped or summarised (``False``: the messages are the input, unchanged).
     compacted: bool = False
     sitrep: Sitrep | None = None
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """The layer counts as response headers (``x-trooper-memory-*``)."""
-        out = {f"x-trooper-memory-{k}": str(v) for k, v in self.layers.items()}
-        out["x-trooper-memory-num-ctx"] = str(self.num_ctx)
-        return out
-
-
-def context_from_show(show_response: Mapping[str, Any]) -> int | None:
-    """The context window from an Ollama ``/api/show`` response (``model_info["<arch>.context_length"]``).
-
-    Prefers the key of ``general.architecture``; otherwise takes the smallest ``*.context_length`` (a
-    multimodal model may report several, and the smaller is the safe one).
-    """
-    info = show_response.get("model_info")
-    if not isinstance(info, Mapping):
-        return None
-    arch = info.get("general.architecture")
-    if isinstance(arch, str):
-        value = _positive_int(info.get(f"{arch}.context_length"))
-        if value is not None:
-            return value
-    found = [
-        v
-        for k, raw in info.items()
-        if isinstance(k, str) and k.endswith(".context_length")
-        for v in (_positive_int(raw),)
-        if v is not None
-    ]
-    return min(found) if found else None
-
-
-def _positive_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int) and value > 0:
-        return value
-    if isinstance(value, float) and value.is_integer() and value > 0:
-        return int(value)
-    if isinstance(value, str) and value.isdigit() and int(value) > 0:
-        return int(value)
-    return None
-
-
-def resolve_context(
-    configured: int | None,
-    show_response: Mapping[str, Any] | None = None,
-    *,
-    default: int = DEFAULT_CONTEXT_TOKENS,
-    cap: int | None = None,
-) -> int:
-    """Configured context, else the model's own (``/api/show``), else ``default``; at most ``cap``.
-
-    ``cap`` exists because a 128K-context model given ``num_ctx=131072`` makes Ollama allocate the whole
-    KV cache up front.
-    """
-    value = configured if configured and configured > 0 else None
-    if value is None and show_response is not None:
-        value = context_from_show(show_response)
-    if value is None:
-        value = default
-    return min(value, cap) if cap else value
 
 
 def _span(start: int, stop: int) -> tuple[int, ...]:
@@ -195,13 +162,18 @@ def compact(
     system: str | list[Any] | None = None,
     tools: Sequence[Mapping[str, Any]] | None = None,
     estimator: TokenEstimator | None = None,
-    cache: ExtractCache | None = None,
+    cache: CompactionCache | None = None,
+    sitrep: SitrepMode = "extractive",
+    summaries: Sequence[ModelSitrep] = (),
 ) -> Compaction:
     """Build the local request's messages: Anchor + SITREP + Tail within ``budget``.
 
     Pure and deterministic: the same arguments give the same result, with or without a warm ``cache``
     (the cache only saves work). Raises :class:`BudgetTooSmall` when the Anchor and the current turn
     cannot fit even truncated.
+
+    ``sitrep`` chooses the SITREP (see :data:`SitrepMode`); ``summaries`` are the conversation's
+    model-written ones (:mod:`trooper.memory.summariser`), used when one matches this history.
     """
     est: TokenEstimator = estimator if estimator is not None else CalibratedEstimator()
     system_tokens = est.count_system(system)
@@ -219,12 +191,70 @@ def compact(
             budget=budget,
             estimator=est,
             cache=cache,
+            mode=sitrep,
+            summaries=summaries,
             system_tokens=system_tokens,
             tools_tokens=tools_tokens,
         ).run()
     finally:
         if cache is not None and state.fps:
             cache.checkin(state)
+
+
+@attrs.frozen
+class _Plan:
+    """Where the Tail starts for this request and what the SITREP may spend."""
+
+    #: Tail start (turn index); the middle is ``anchor..cut-1``.
+    cut: int
+    #: The turn that was current when the Tail last moved (the SITREP is built as of then).
+    start: int
+    #: The Tail's tokens when it last moved: the SITREP was chosen for what that left.
+    base: int
+    #: Tokens the Tail may grow to in place; the SITREP's core is what that leaves.
+    allot: int
+    #: Whether the two exchanges before the current turn must give way (message by message).
+    squeezed: bool
+
+
+class _Policy:
+    """The Tail's floor, the adaptive split and the Tail's growth in place (steps 3–5), per turn index."""
+
+    def __init__(self, counts: Sequence[int], n_anchor: int, usable: int, budget: Budget) -> None:
+        self.counts = counts
+        self.prefix = [0, *itertools.accumulate(counts)]
+        self.a = n_anchor
+        self.usable = usable
+        self.anchor = self.prefix[n_anchor]
+        self.floor = int(budget.tail_share * usable)
+        self.cap = int(budget.tail_cap * usable)
+        self.slack = int(budget.slack_share * usable)
+
+    def step(self, prev: _Plan | None, m: int, current: int) -> _Plan | None:
+        """The plan when turn ``m`` is current with ``current`` tokens; ``None``: no SITREP is needed
+        (everything fits) or possible (the Anchor and the current turn alone overflow)."""
+        p, c, a, usable = self.prefix, self.counts, self.a, self.usable
+        if p[m] + current <= usable or self.anchor + current > usable or m <= a:
+            return None
+        s = max(a, m - 2)
+        tail = p[m] - p[s] + current
+        if tail > self.cap or self.anchor + tail > usable:
+            return _Plan(s, m, tail, tail, squeezed=True)
+        while s > a and tail < self.floor and tail + c[s - 1] <= self.cap:
+            s -= 1
+            tail += c[s]
+        if prev is not None and not prev.squeezed and a <= prev.cut <= s and p[m] - p[prev.cut] + current <= prev.allot:
+            return prev  # the Tail grows in place: same start, same SITREP
+        free = usable - self.anchor - tail
+        if free > 0:
+            ratio = (p[s] - p[a]) / free
+            extension = free / ratio**2 if ratio > 1 else free
+            while s > a and c[s - 1] <= extension:
+                extension -= c[s - 1]
+                s -= 1
+                tail += c[s]
+        slack = max(0, min(self.slack, usable - self.anchor - tail))
+        return _Plan(s, m, tail, tail + slack, squeezed=False)
 
 
 class _Assembly:
@@ -239,7 +269,9 @@ class _Assembly:
         state: ConversationState,
         budget: Budget,
         estimator: TokenEstimator,
-        cache: ExtractCache | None,
+        cache: CompactionCache | None,
+        mode: SitrepMode,
+        summaries: Sequence[ModelSitrep],
         system_tokens: int,
         tools_tokens: int,
     ) -> None:
@@ -250,6 +282,8 @@ class _Assembly:
         self.budget = budget
         self.est = estimator
         self.cache = cache
+        self.mode = mode
+        self.summaries = summaries
         self.system_tokens = system_tokens
         self.tools_tokens = tools_tokens
         self.usable = budget.usable(system_tokens, tools_tokens)
@@ -316,7 +350,32 @@ class _Assembly:
         a_tokens = sum(counts[:n_anchor])
         if a_tokens + counts[-1] > usable:
             return self.overflow(n_anchor, a_tokens)
-        return self.layered(n_anchor, a_tokens)
+        plan = self.plan(n_anchor)
+        if plan is None:  # pragma: no cover - the checks above leave a plan to make
+            return self.overflow(n_anchor, a_tokens)
+        return self.layered(n_anchor, a_tokens, plan)
+
+    def plan(self, n_anchor: int) -> _Plan | None:
+        """The plan for this request, stepping the running :class:`Epoch` through the new complete turns."""
+        state, counts = self.state, self.counts
+        policy = _Policy(counts, n_anchor, self.usable, self.budget)
+        key: Hashable = (self.usable, n_anchor, self.budget, self.est.key)
+        epoch = state.epoch if state.epoch is not None and state.epoch.key == key else Epoch(key)
+        prev = None if epoch.cut is None else _Plan(epoch.cut, epoch.start, epoch.base, epoch.allot, squeezed=False)
+        complete = len(counts) - 1
+        for m in range(epoch.done, complete):
+            prev = policy.step(prev, m, counts[m])
+            if prev is not None and prev.squeezed:
+                prev = None  # a squeezed Tail never grows in place
+        state.epoch = Epoch(
+            key,
+            complete,
+            prev.cut if prev else None,
+            prev.start if prev else 0,
+            prev.base if prev else 0,
+            prev.allot if prev else 0,
+        )
+        return policy.step(prev, complete, counts[-1])
 
     def overflow(self, n_anchor: int, a_tokens: int) -> Compaction:
         """The Anchor and the current turn alone overflow: truncate them, nothing else fits."""
@@ -345,133 +404,111 @@ class _Assembly:
             compacted=True,
         )
 
-    def layered(self, n_anchor: int, a_tokens: int) -> Compaction:
-        """Anchor and current turn verbatim; the rest shared between the SITREP and the Tail."""
-        turns, counts, usable, cache = self.turns, self.counts, self.usable, self.cache
+    def layered(self, n_anchor: int, a_tokens: int, plan: _Plan) -> Compaction:
+        """Anchor verbatim, the SITREP of the middle, the Tail from ``plan.cut``."""
+        turns, counts, usable = self.turns, self.counts, self.usable
         n = len(turns)
-        remaining = usable - a_tokens - counts[-1]
-        lo, hi = n_anchor, n - 1  # middle turns are turns[lo:hi]
-        reserve = min(remaining, math.ceil(self.budget.sitrep_share * usable))
-        tail_start = pack_tail(counts, lo, hi, remaining - reserve)
-        tail_tokens = sum(counts[tail_start:hi])
-        sitrep: Sitrep | None = None
-        if tail_start > lo:
-            self.state.rank(turns, hi, cache)
-            seen = _Visible()
-            for t in (*turns[:n_anchor], *turns[tail_start:]):
-                seen.add(extract_of(t, cache))
-            sitrep = self.sitrep(lo, tail_start, remaining - tail_tokens, seen)
-            moved = False
-            while tail_start > lo:
-                free = remaining - tail_tokens - (sitrep.tokens if sitrep else 0)
-                if counts[tail_start - 1] > free:
-                    break
-                tail_start -= 1
-                tail_tokens += counts[tail_start]
-                seen.add(extract_of(turns[tail_start], cache))
-                moved = True
-            if moved:
-                cut = restrict(sitrep, turns[tail_start - 1].number, self.est) if sitrep and tail_start > lo else None
-                if cut is None and tail_start > lo:
-                    cut = self.sitrep(lo, tail_start, remaining - tail_tokens, seen)
-                sitrep = cut
-        summarised = _span(lo, tail_start) if sitrep else ()
-        dropped = () if sitrep else _span(lo, tail_start)
+        cut = plan.cut
+        dropped: tuple[int, ...] = ()
+        if plan.squeezed:
+            room = usable - a_tokens - counts[-1]
+            share = max(int(self.budget.tail_cap * usable) - counts[-1], int(self.budget.slack_share * usable))
+            alloc = max(0, min(share, room))
+            recent = build_recent(turns[cut : n - 1], alloc, self.est)
+            if recent.tokens > alloc:  # not even their truncated forms fit: they give way entirely
+                recent = Layer((), 0, (), ())
+                dropped = _span(cut, n - 1)
+            tail = Layer(
+                (*recent.messages, *(dict(m) for m in turns[-1].messages)),
+                recent.tokens + counts[-1],
+                (),
+                recent.truncated,
+            )
+            full = core = usable - a_tokens - tail.tokens
+        else:
+            tail = Layer(tuple(dict(m) for t in turns[cut:] for m in t.messages), sum(counts[cut:]), ())
+            full, core = usable - a_tokens - plan.base, usable - a_tokens - plan.allot
+        sitrep = None
+        if cut > n_anchor:
+            selection = self.selection(n_anchor, plan, full)
+            sitrep = layout(selection, core, usable - a_tokens - tail.tokens, self.est)
         out: list[dict[str, Any]] = [dict(m) for t in turns[:n_anchor] for m in t.messages]
         if sitrep is not None:
             out.extend(sitrep.messages())
-        out.extend(dict(m) for t in turns[tail_start:] for m in t.messages)
+        out.extend(tail.messages)
+        middle = _span(n_anchor, cut)
         return self.result(
             out,
             anchor=a_tokens,
             sitrep=sitrep,
-            tail=tail_tokens + counts[-1],
+            tail=tail.tokens,
             sources={
                 "anchor": _span(0, n_anchor),
-                "sitrep": summarised,
-                "tail": _span(tail_start, len(turns)),
-                "dropped": dropped,
-                "truncated": (),
+                "sitrep": middle if sitrep else (),
+                "tail": _span(cut + len(dropped), n),
+                "dropped": (() if sitrep else middle) + dropped,
+                "truncated": tail.truncated,
             },
-            truncated=False,
+            truncated=bool(tail.truncated),
             compacted=True,
         )
 
-    def sitrep(self, lo: int, stop: int, budget: int, seen: _Visible) -> Sitrep | None:
-        """The SITREP over ``turns[lo:stop]``: a stored model-written one if it fits, else extractive."""
-        turns, ranked = self.turns, self.state.ranked
-        first, last = turns[lo].number, turns[stop - 1].number
-        if self.cache is not None:
-            stored = _stored_summary(turns, lo, stop, self.cache)
-            if stored is not None:
-                text, upto = stored
-                mixed = build_sitrep(
-                    ranked,
-                    first,
-                    last,
-                    budget,
-                    self.est,
-                    covered=seen.ekeys(),
-                    visible=seen.keys(),
-                    preface=f"Summary of turns {first}–{upto} (written by the local model):\n{text}",
-                    preface_turns=(first, upto),
-                    costs=self.state.line_costs(self.est),
-                    stats=self.state.line_stats,
-                )
-                if mixed is not None:
-                    return mixed
-        return build_sitrep(
-            ranked,
-            first,
-            last,
-            budget,
-            self.est,
-            covered=seen.ekeys(),
-            visible=seen.keys(),
-            costs=self.state.line_costs(self.est),
-            stats=self.state.line_stats,
+    def selection(self, n_anchor: int, plan: _Plan, budget: int) -> Selection:
+        """The SITREP's entries for turns ``n_anchor..plan.cut-1``, as of turn ``plan.start`` (memoised)."""
+        state = self.state
+        model = self.model_sitrep(n_anchor, plan)
+        key = (n_anchor, plan.cut, plan.start, budget, self.est.key, model)
+        memo = state.memo
+        if memo is not None and memo[1] == key:
+            return memo[2]
+        selection = self._select(n_anchor, plan, budget, model)
+        if model is not None and selection.preface is None:  # the model's summary did not fit
+            key = (n_anchor, plan.cut, plan.start, budget, self.est.key, None)
+        state.memo = (plan.start, key, selection)
+        return selection
+
+    def model_sitrep(self, n_anchor: int, plan: _Plan) -> ModelSitrep | None:
+        """The model-written SITREP to open this SITREP with, per the mode (see :data:`SitrepMode`)."""
+        if self.mode == "extractive" or not self.summaries:
+            return None
+        complete = len(self.turns) - 1
+        found = freshest(self.summaries, self.turns.fingerprints(complete), n_anchor + 1, complete)
+        if found is None:
+            return None
+        middle = plan.cut - n_anchor
+        if self.mode == "auto" and 2 * (min(found.last, plan.cut) - n_anchor) < middle:
+            return None  # a summary of less than half the middle: the extractive one covers more
+        return found
+
+    def _select(self, n_anchor: int, plan: _Plan, budget: int, model: ModelSitrep | None) -> Selection:
+        turns, state, cache, est = self.turns, self.state, self.cache, self.est
+        first, last = turns[n_anchor].number, turns[plan.cut - 1].number
+        preface = model_preface(model) if model is not None else None
+        room = budget - frame_tokens(first, last, est, preface)
+        if model is not None and room < 0:
+            model, preface = None, None
+            room = budget - frame_tokens(first, last, est)
+        after = min(max(model.last, n_anchor), plan.cut) if model is not None else n_anchor
+        chars = state.chars_before(plan.start)
+        speakers: dict[str, float] = {}
+        candidates: list[Candidate] = []
+        costs: list[int] = []
+        for index in range(after, plan.cut):
+            turn = turns[index]
+            extract = extract_of(turn, cache)
+            costs.extend(line_costs(turn, est, cache))
+            entered = state.date_at(index)
+            for unit in extract.units:
+                factor = speakers.get(unit.role)
+                if factor is None:
+                    factor = speakers[unit.role] = speaker_factor(unit.role, chars)
+                date = extract.dates[unit.dated] if unit.dated >= 0 else entered
+                candidates.append(Candidate(unit, turn.number, turn.start, date, unit_factor(unit, factor)))
+        covered: set[str] = set(content_terms(preface)) if preface else set()
+        for index in (*range(n_anchor), *range(plan.cut, plan.start)):
+            covered.update(visible_of(turns[index], cache))
+        chosen, needs = select(
+            candidates, costs, df=state.df_before(plan.start), covered=covered, budget=room, estimator=est
         )
-
-
-class _Visible:
-    """Entity keys and entry keys of the turns shown verbatim (Anchor and Tail)."""
-
-    def __init__(self) -> None:
-        self._ekeys: list[frozenset[str]] = []
-        self._keys: list[frozenset[str]] = []
-
-    def add(self, extract: TurnExtract) -> None:
-        self._ekeys.append(extract.ekeys)
-        self._keys.append(extract.keys)
-
-    def ekeys(self) -> frozenset[str]:
-        return frozenset().union(*self._ekeys)
-
-    def keys(self) -> frozenset[str]:
-        return frozenset().union(*self._keys)
-
-
-def _stored_summary(turns: TurnIndex, lo: int, stop: int, cache: ExtractCache) -> tuple[str, int] | None:
-    """The newest model-written summary that starts at the middle and matches this history.
-
-    It may reach past the middle into the Tail (written when the Tail was shorter): the overlap is
-    redundant, not wrong, and it avoids discarding a summary every time the Tail moves.
-    """
-    stored = cache.summaries(turns.fingerprint(0))
-    if not stored:
-        return None
-    complete = len(turns) - 1
-    fps: tuple[bytes, ...] | None = None
-    best: tuple[str, int] | None = None
-    for key, value in stored:
-        end = len(key)
-        text = getattr(value, "text", None)
-        if end <= lo or end > complete or getattr(value, "first", None) != lo + 1 or not isinstance(text, str):
-            continue
-        if best is not None and end <= best[1]:
-            continue
-        if fps is None:
-            fps = tuple(turns.fingerprints(complete))
-        if key == fps[:end]:
-            best = (text, end)
-    return best
+        model_turns = (first, model.last) if model is not None else None
+        return Selection(first, last, tuple(chosen), tuple(needs), preface, model_turns)

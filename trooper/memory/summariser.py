@@ -1,52 +1,54 @@
-"""Optional model-written SITREP: old SITREP + newly evicted turns → new SITREP, off the hot path.
+"""The model-written SITREP, memory side: plan a summary request, accept the model's answer.
 
-The default SITREP is extractive and needs no model. This module adds the recursive-summary option
-(as MemGPT/Letta and LangChain's summary buffer do) without putting a model call inside compaction:
+The default SITREP is extractive and needs no model. Optionally the local model writes one — the
+recursive summary of MemGPT/Letta and LangChain's summary buffer: the previous summary plus the middle
+turns it does not cover yet, folded into a new one. Nothing here calls a model or waits for one; the
+engine drives it off the request path:
 
-1. after a local turn is answered, the engine calls :meth:`SitrepWriter.plan` (cheap: it runs the same
-   compaction, with the shared cache, to learn which turns the SITREP covers now);
-2. it runs the returned :class:`SummaryRequest` through the injected summariser — sync
-   (:meth:`SitrepWriter.run`) or async (:meth:`SitrepWriter.arun`), in the background;
-3. the result is stored in the :class:`~trooper.memory.cache.ExtractCache` under the fingerprints of the
-   turns it covers, and the next :func:`~trooper.memory.compaction.compact` uses it when it still
-   matches the history, adding extractive entries for turns evicted since. Until then, and whenever it
-   does not fit, compaction stays extractive, so the request path never waits for a model.
+1. after a local turn, :func:`plan_summary` (pure) looks at the compaction that turn used and the
+   conversation's stored :class:`~trooper.memory.sitrep.ModelSitrep` values, and returns the next
+   :class:`SummaryRequest` — only the middle turns not covered yet, a bounded chunk at a time — or
+   ``None`` when the freshest summary already covers the middle;
+2. the engine sends :meth:`SummaryRequest.prompt` to the *local* model (in the background, queued);
+3. :func:`accept_summary` (pure) turns the model's text into a new ``ModelSitrep`` — plain data keyed
+   by the fingerprint of the turns it covers — which the engine stores with the conversation;
+4. the next :func:`~trooper.memory.compaction.compact` with ``sitrep="model"`` or ``"auto"`` and the
+   stored summaries uses the freshest one that matches the history, and extractive entries for the
+   middle turns it does not cover yet; it falls back to the extractive SITREP whenever none matches or
+   it does not fit. So the request path never waits for a model.
 
-Privacy: the summariser must be a *local* model — its input is the conversation, local turns included,
-and its output is local content (DESIGN §6).
+Privacy: the summariser must be the *local* model — its input is the conversation, local turns
+included — and its output, and everything derived from it, is local content that must never reach a
+cloud provider.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import attrs
 
-from trooper.memory.cache import ExtractCache
-from trooper.memory.compaction import Budget, compact
+from trooper.memory.compaction import Compaction
+from trooper.memory.sitrep import ModelSitrep, freshest
 from trooper.memory.tokens import CalibratedEstimator, TokenEstimator
 from trooper.memory.truncate import truncate_text
-from trooper.memory.turns import Turn, blocks, json_text, segment
+from trooper.memory.turns import HistoryTurn, TurnIndex, block_text, blocks, chain_fingerprint, prompt_starts
 
 __all__ = [
     "DEFAULT_INSTRUCTIONS",
-    "AsyncSummariser",
-    "ModelSummary",
-    "SitrepWriter",
-    "Summariser",
     "SummaryRequest",
+    "accept_summary",
+    "plan_summary",
     "render_turns",
 ]
 
 DEFAULT_INSTRUCTIONS: Final = (
-    "You maintain the SITREP of a long conversation between a user and an assistant: a compact record "
-    "that replaces turns no longer shown. Update the previous SITREP (if any) with the new turns below. "
-    "Use exactly these sections: Goals and constraints (the user's instructions, near-verbatim), "
-    "Decisions, Facts (identifiers, paths, URLs, numbers with units, names, dates, versions — copy them "
-    "exactly), Tool actions (tool, key argument → outcome; flag errors), Open items. Tag every entry with "
-    "its source turns like [t12]. Drop what later turns superseded. Write at most {max_tokens} tokens. "
+    "You maintain the SITREP of a long conversation: a compact record that replaces turns no longer "
+    "shown. Update the previous SITREP (if any) with the new turns below. Keep what each speaker said "
+    "about themselves, their plans, preferences and decisions, with names, dates, numbers, identifiers, "
+    "paths and URLs copied exactly; say which work is done and which is still open; drop what later turns "
+    "superseded. Tag entries with their source turns like [t12]. Write at most {max_tokens} tokens. "
     "Output only the SITREP."
 )
 #: Longest text kept from one block when rendering turns for the summariser.
@@ -55,42 +57,45 @@ _BLOCK_CHARS: Final = 4000
 
 @attrs.frozen
 class SummaryRequest:
-    """What the summariser is asked: fold ``turns`` into ``previous``, covering ``first``–``last``."""
+    """What the local model is asked: fold turns ``covered+1``–``last`` into ``previous``.
 
-    previous: str | None
+    Plain data, like the summary it produces (:meth:`to_dict` / :meth:`from_dict`), so the engine can
+    queue it. Privacy: it holds the conversation's text — local content.
+    """
+
+    #: The first middle turn: the summary covers ``first``–``last``.
     first: int
     last: int
-    turns: tuple[Turn, ...]
-    #: ``turns`` rendered as text, each turn headed ``[tN]``.
+    #: The summary being extended (of turns ``first``–``covered``), or ``None``.
+    previous: str | None
+    covered: int
+    #: Turns ``covered+1``–``last`` as text, each turn headed ``[tN]``.
     transcript: str
-    #: Target length of the new SITREP.
+    #: Target length of the new summary.
     max_tokens: int
-    #: Fingerprints of turns ``1..last``: the storage key of the result.
-    key: tuple[bytes, ...]
+    #: Fingerprint of turns ``1..last`` (what the result is keyed by).
+    chain: str
 
     def prompt(self, instructions: str = DEFAULT_INSTRUCTIONS) -> str:
         """A ready-to-send prompt for a chat model."""
         parts = [instructions.format(max_tokens=self.max_tokens)]
         if self.previous:
-            parts.append(f"Previous SITREP (turns {self.first}–{self.turns[0].number - 1}):\n{self.previous}")
+            parts.append(f"Previous SITREP (turns {self.first}–{self.covered}):\n{self.previous}")
         parts.append(f"New turns:\n{self.transcript}")
         return "\n\n".join(parts)
 
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
 
-@attrs.frozen
-class ModelSummary:
-    """A stored model-written SITREP of turns ``first``–``last``."""
-
-    text: str
-    first: int
-    last: int
-
-
-Summariser = Callable[[SummaryRequest], str]
-AsyncSummariser = Callable[[SummaryRequest], Awaitable[str]]
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SummaryRequest:
+        fields = {f.name for f in attrs.fields(cls)}
+        if set(data) != fields:
+            raise ValueError(f"a summary request has exactly the fields {sorted(fields)}")
+        return cls(**dict(data))
 
 
-def render_turns(turns: Sequence[Turn]) -> str:
+def render_turns(turns: Sequence[HistoryTurn]) -> str:
     """Turns as plain text for a summariser, long blocks clipped."""
     out: list[str] = []
     for turn in turns:
@@ -103,124 +108,74 @@ def render_turns(turns: Sequence[Turn]) -> str:
 
 
 def _block_text(block: Mapping[str, Any]) -> str:
+    """A block labelled by kind (the summariser must tell a tool call from what the user said)."""
     kind = block.get("type")
-    if kind == "text":
-        text = str(block.get("text", ""))
-    elif kind == "tool_use":
-        text = f"(tool call {block.get('name')}) {json_text(block.get('input', {}))}"
+    body = block_text(block)
+    if kind == "tool_use":
+        text = f"(tool call) {body}"
     elif kind == "tool_result":
-        inner = block.get("content", "")
-        body = inner if isinstance(inner, str) else " ".join(str(b.get("text", "")) for b in blocks(inner))
         text = f"(tool result{' ERROR' if block.get('is_error') else ''}) {body}"
+    elif kind in ("text", "thinking"):
+        text = body
     else:
         text = f"({kind})"
     return text if len(text) <= _BLOCK_CHARS else text[:_BLOCK_CHARS] + " …"
 
 
-class SitrepWriter:
-    """Keeps a model-written SITREP current for a conversation, outside the request path.
+def plan_summary(
+    messages: Sequence[Mapping[str, Any]],
+    compaction: Compaction,
+    summaries: Sequence[ModelSitrep] = (),
+    *,
+    estimator: TokenEstimator | None = None,
+    max_chunk_tokens: int = 6000,
+    max_tokens: int | None = None,
+) -> SummaryRequest | None:
+    """The next summary request for this history, or ``None`` when the middle is covered.
 
-    ``summariser`` is any callable taking a :class:`SummaryRequest` and returning the new SITREP text
-    (or an awaitable of it). ``max_chunk_tokens`` bounds one call's transcript: a long backlog is folded
-    in over several calls, each extending the previous summary.
+    ``compaction`` is what :func:`~trooper.memory.compaction.compact` returned for ``messages``: its
+    middle (the turns it summarised or dropped) is what a summary must cover. ``summaries`` are the
+    conversation's stored ones; the freshest that matches this history is extended. One request folds
+    in at most ``max_chunk_tokens`` of new turns (at least one turn), so a long backlog takes several.
+    ``max_tokens`` bounds the summary (default: the SITREP's share of the window, at least 64).
     """
+    middle = compaction.sources["sitrep"] or compaction.sources["dropped"]
+    if not middle:
+        return None
+    est: TokenEstimator = estimator if estimator is not None else CalibratedEstimator()
+    first, last = middle[0], middle[-1]
+    turns = TurnIndex(messages, prompt_starts(messages))
+    complete = max(0, len(turns) - 1)
+    fps = turns.fingerprints(complete)
+    previous = freshest(summaries, fps, first, complete)
+    covered = previous.last if previous is not None else first - 1
+    if covered >= last:
+        return None  # current (it may reach into the Tail: compaction accepts that)
+    chunk: list[HistoryTurn] = []
+    used = 0
+    for turn in turns[covered:last]:
+        cost = est.count(render_turns([turn]))
+        if chunk and used + cost > max_chunk_tokens:
+            break
+        chunk.append(turn)
+        used += cost
+    end = chunk[-1].number
+    target = max_tokens if max_tokens is not None else max(64, compaction.layers["sitrep"] or compaction.usable // 4)
+    return SummaryRequest(
+        first=first,
+        last=end,
+        previous=previous.text if previous is not None else None,
+        covered=covered,
+        transcript=render_turns(chunk),
+        max_tokens=target,
+        chain=chain_fingerprint(fps[:end]),
+    )
 
-    def __init__(
-        self,
-        summariser: Summariser | AsyncSummariser,
-        *,
-        cache: ExtractCache,
-        estimator: TokenEstimator | None = None,
-        max_chunk_tokens: int = 6000,
-    ) -> None:
-        self._summariser = summariser
-        self._cache = cache
-        self._estimator: TokenEstimator = estimator if estimator is not None else CalibratedEstimator()
-        self._max_chunk = max_chunk_tokens
 
-    def plan(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        *,
-        budget: Budget,
-        system: str | list[Any] | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-    ) -> SummaryRequest | None:
-        """The next summarisation step for this history, or ``None`` when the stored one is current."""
-        result = compact(
-            messages, budget=budget, system=system, tools=tools, estimator=self._estimator, cache=self._cache
-        )
-        span = result.sources["sitrep"] or result.sources["dropped"]
-        if not span:
-            return None
-        first, last = span[0], span[-1]
-        turns = segment(messages)
-        fps = tuple(t.fingerprint for t in turns)
-        previous: ModelSummary | None = None
-        for key, value in self._cache.summaries(fps[0]):
-            if (
-                isinstance(value, ModelSummary)
-                and value.first == first
-                and key == fps[: len(key)]
-                and (previous is None or value.last > previous.last)
-            ):
-                previous = value
-        if previous is not None and previous.last >= last:
-            return None  # current (it may reach into the Tail: compaction accepts that)
-        start = previous.last + 1 if previous is not None else first
-        chunk: list[Turn] = []
-        used = 0
-        for turn in turns[start - 1 : last]:
-            cost = self._estimator.count(render_turns([turn]))
-            if chunk and used + cost > self._max_chunk:
-                break
-            chunk.append(turn)
-            used += cost
-        end = chunk[-1].number
-        target = max(64, int(budget.sitrep_share * result.usable))
-        return SummaryRequest(
-            previous=previous.text if previous is not None else None,
-            first=first,
-            last=end,
-            turns=tuple(chunk),
-            transcript=render_turns(chunk),
-            max_tokens=target,
-            key=fps[:end],
-        )
-
-    def _store(self, request: SummaryRequest, text: Any) -> ModelSummary:
-        if not isinstance(text, str):
-            raise TypeError(f"a summariser must return str, got {type(text).__name__}")
-        text = truncate_text(text.strip(), request.max_tokens, self._estimator)
-        summary = ModelSummary(text, request.first, request.last)
-        self._cache.put_summary(request.key, summary)
-        return summary
-
-    def run(self, request: SummaryRequest) -> ModelSummary:
-        """Run a synchronous summariser and store its result."""
-        out = self._summariser(request)
-        if inspect.isawaitable(out):
-            close = getattr(out, "close", None)
-            if callable(close):
-                close()  # do not leave a never-awaited coroutine behind
-            raise TypeError("the summariser is asynchronous: use arun()/arefresh()")
-        return self._store(request, out)
-
-    async def arun(self, request: SummaryRequest) -> ModelSummary:
-        """Run a summariser (sync or async) and store its result."""
-        out = self._summariser(request)
-        if inspect.isawaitable(out):
-            out = await out
-        return self._store(request, out)
-
-    def refresh(self, messages: Sequence[Mapping[str, Any]], *, budget: Budget, **kw: Any) -> ModelSummary | None:
-        """:meth:`plan` then :meth:`run`; ``None`` when nothing was due."""
-        request = self.plan(messages, budget=budget, **kw)
-        return self.run(request) if request is not None else None
-
-    async def arefresh(
-        self, messages: Sequence[Mapping[str, Any]], *, budget: Budget, **kw: Any
-    ) -> ModelSummary | None:
-        """:meth:`plan` then :meth:`arun`; ``None`` when nothing was due."""
-        request = self.plan(messages, budget=budget, **kw)
-        return await self.arun(request) if request is not None else None
+def accept_summary(request: SummaryRequest, text: str, *, estimator: TokenEstimator | None = None) -> ModelSitrep:
+    """The model's answer to ``request`` as the summary to store (clipped, visibly, to its length)."""
+    if not isinstance(text, str):
+        raise TypeError(f"a summary is text, got {type(text).__name__}")
+    est: TokenEstimator = estimator if estimator is not None else CalibratedEstimator()
+    clipped = truncate_text(text.strip(), request.max_tokens, est)
+    return ModelSitrep(request.first, request.last, clipped, request.chain)

@@ -66,9 +66,7 @@ class TextStats:
     """Character counts of a text, from its UTF-8 bytes.
 
     ``bytes.translate`` deleting a set of bytes runs at memory speed, several times faster than one
-    ``str.count`` per character. The counts are order-independent and add up: the stats of a text
-    built line by line are the sum of the lines' stats (the leading character is the first text's).
-    That is what lets the SITREP packer know the exact count of the whole before rendering it.
+    ``str.count`` per character.
     """
 
     __slots__ = ("code", "colons", "digits", "head", "json", "n", "non_ascii", "quotes")
@@ -85,20 +83,8 @@ class TextStats:
         self.colons = data.count(b":")
         self.code = size - len(data.translate(None, _CODE_CHARS))
 
-    def __add__(self, other: TextStats) -> TextStats:
-        out = TextStats.__new__(TextStats)  # no __init__: nothing to scan
-        out.head = self.head or other.head
-        out.n = self.n + other.n
-        out.digits = self.digits + other.digits
-        out.non_ascii = self.non_ascii + other.non_ascii
-        out.json = self.json + other.json
-        out.quotes = self.quotes + other.quotes
-        out.colons = self.colons + other.colons
-        out.code = self.code + other.code
-        return out
-
     def kind_index(self) -> int:
-        """0 prose, 1 code, 2 JSON (an int: this runs once per candidate when packing a SITREP)."""
+        """0 prose, 1 code, 2 JSON (an int: it indexes the per-kind ratios on every count)."""
         n = self.n
         if n == 0:
             return 0
@@ -386,10 +372,6 @@ class CalibratedEstimator(TextEstimator):
         ratio = self._ratio[kind] if kind is not None else self._ratios[stats.kind_index()]
         plain = stats.n - stats.digits - stats.non_ascii
         return plain / ratio + stats.digits * self._digit + stats.non_ascii * self._non_ascii
-
-    def count_stats(self, stats: TextStats) -> int:
-        """``count`` of a text known by its stats; equal to ``count(text)`` when it has no code fence."""
-        return math.ceil(self._raw_stats(stats) * self._factor) if stats.n else 0
 
     def count(self, text: str) -> int:
         if not text:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from trooper.memory.tokens import TokenEstimator
-from trooper.memory.turns import blocks, is_prompt, json_text
+from trooper.memory.turns import blocks, content_text, is_prompt, json_text
 
 __all__ = ["MARKER_PREFIX", "fit_turn", "fit_turns", "marker", "shrink_message", "truncate_text", "waterfill"]
 
@@ -81,16 +81,10 @@ def _payload_tokens(block: Mapping[str, Any], estimator: TokenEstimator) -> int:
     if kind == "text":
         return estimator.count(str(block.get("text", "")))
     if kind == "tool_result":
-        return estimator.count(_result_text(block.get("content", "")))
+        return estimator.count(content_text(block.get("content", "")))
     if kind == "tool_use":
         return estimator.count(json_text(block.get("input", {})))
     return 0
-
-
-def _result_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "\n".join(str(b.get("text", "")) for b in blocks(content) if b.get("type") == "text")
 
 
 def _shrink_input(value: Any, max_tokens: int, estimator: TokenEstimator) -> Any:
@@ -124,7 +118,7 @@ def _shrink_block(block: Mapping[str, Any], alloc: int, estimator: TokenEstimato
         return {"type": "text", "text": truncate_text(str(block.get("text", "")), alloc, estimator)}
     if kind == "tool_result":
         out = {k: v for k, v in block.items() if k not in ("content", "cache_control")}
-        text = _result_text(block.get("content", ""))
+        text = content_text(block.get("content", ""))
         dropped = [b for b in blocks(block.get("content", "")) if b.get("type") != "text"]
         note = f"[{len(dropped)} non-text part(s) omitted by Trooper]\n" if dropped else ""
         out["content"] = note + truncate_text(text, max(1, alloc), estimator)

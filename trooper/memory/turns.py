@@ -1,7 +1,7 @@
-"""Turn segmentation and turn fingerprints.
+"""Turn segmentation, turn fingerprints and the text of content blocks.
 
 A *turn* is a user prompt plus every assistant message and tool-result message that follows it until
-the next prompt (DESIGN §4). Memory works on whole turns because a whole turn is the unit that keeps
+the next prompt. Memory works on whole turns because a whole turn is the unit that keeps
 ``tool_use``/``tool_result`` pairs together: dropping or keeping turns as a block can never orphan one
 half of a pair.
 
@@ -20,16 +20,19 @@ depends on line breaks, so folding them would let a cache hit change the output.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from hashlib import blake2b
 from typing import Any, Final, NamedTuple, overload
 
 import orjson
 
 __all__ = [
-    "Turn",
+    "HistoryTurn",
     "TurnIndex",
+    "block_text",
     "blocks",
+    "chain_fingerprint",
+    "content_text",
     "is_prompt",
     "json_bytes",
     "json_text",
@@ -43,8 +46,8 @@ _CC: Final = b'"cache_control"'
 _DUMP: Final = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 
-class Turn(NamedTuple):
-    """One turn of a conversation.
+class HistoryTurn(NamedTuple):
+    """One turn of the history a request carries (not the request in flight, which the engine models).
 
     A named tuple rather than an attrs class because a 1,000-turn conversation is segmented on every
     request and tuple construction is several times cheaper.
@@ -141,6 +144,12 @@ def turn_fingerprint(messages: Sequence[Mapping[str, Any]]) -> bytes:
     return blake2b(data, digest_size=16).digest()
 
 
+def chain_fingerprint(fingerprints: Sequence[bytes]) -> str:
+    """One hex digest of a chain of turn fingerprints: names a whole history prefix (``turns 1..k``),
+    so a value derived from it is used for that exact prefix only."""
+    return blake2b(b"".join(fingerprints), digest_size=16).hexdigest()
+
+
 def prompt_starts(messages: Sequence[Mapping[str, Any]], begin: int = 0) -> list[int]:
     """Indexes of the messages from ``begin`` on that start a turn (``begin`` itself always does).
 
@@ -164,11 +173,11 @@ def prompt_starts(messages: Sequence[Mapping[str, Any]], begin: int = 0) -> list
     return starts
 
 
-class TurnIndex(Sequence[Turn]):
+class TurnIndex(Sequence[HistoryTurn]):
     """Turns of a request, built lazily from turn boundaries.
 
     Compaction touches only a few turns by content (the Anchor, the Tail, new turns); building a
-    :class:`Turn` — and hashing its content — for each of 1,000 turns on every request would be most of
+    :class:`HistoryTurn` — and hashing its content — for each of 1,000 turns on every request would be most of
     the cost of an incremental compaction. Fingerprints already known (from the running state) are
     passed in; the others are computed on first use.
     """
@@ -183,7 +192,7 @@ class TurnIndex(Sequence[Turn]):
         self.starts = starts
         self._fps: list[bytes | None] = fps if fps is not None else [None] * len(starts)
         self._fps.extend([None] * (len(starts) - len(self._fps)))
-        self._turns: dict[int, Turn] = {}
+        self._turns: dict[int, HistoryTurn] = {}
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -203,22 +212,22 @@ class TurnIndex(Sequence[Turn]):
         end = len(self.starts) if stop is None else stop
         return [self.fingerprint(i) for i in range(end)]
 
-    def _turn(self, i: int) -> Turn:
+    def _turn(self, i: int) -> HistoryTurn:
         turn = self._turns.get(i)
         if turn is None:
             a, b = self.bounds(i)
             msgs = tuple(self.messages[a:b])
-            turn = Turn(i + 1, a, msgs, self.fingerprint(i), i > 0 or is_prompt(msgs[0]))
+            turn = HistoryTurn(i + 1, a, msgs, self.fingerprint(i), i > 0 or is_prompt(msgs[0]))
             self._turns[i] = turn
         return turn
 
     @overload
-    def __getitem__(self, index: int) -> Turn: ...
+    def __getitem__(self, index: int) -> HistoryTurn: ...
 
     @overload
-    def __getitem__(self, index: slice) -> list[Turn]: ...
+    def __getitem__(self, index: slice) -> list[HistoryTurn]: ...
 
-    def __getitem__(self, index: int | slice) -> Turn | list[Turn]:
+    def __getitem__(self, index: int | slice) -> HistoryTurn | list[HistoryTurn]:
         if isinstance(index, slice):
             return [self._turn(i) for i in range(*index.indices(len(self.starts)))]
         if index < 0:
@@ -228,10 +237,40 @@ class TurnIndex(Sequence[Turn]):
         return self._turn(index)
 
 
-def segment(messages: Sequence[Mapping[str, Any]]) -> list[Turn]:
+def segment(messages: Sequence[Mapping[str, Any]]) -> list[HistoryTurn]:
     """Split ``messages`` into turns (see the module docstring for the rule)."""
     index = TurnIndex(messages, prompt_starts(messages))
     return index[:]
+
+
+def content_text(content: Any) -> str:
+    """The text of a ``content`` field: the string itself, or its text blocks newline-joined.
+
+    A tool result's content is a string or a list of text (and image) blocks; this is what a model
+    reads of it, and what truncation and extraction work on.
+    """
+    if isinstance(content, str):
+        return content
+    return "\n".join(str(b.get("text", "")) for b in blocks(content) if b.get("type") == "text")
+
+
+#: Block types that carry text a model reads (everything else is media or opaque data).
+_TEXTUAL: Final = frozenset({"text", "tool_use", "tool_result", "thinking"})
+
+
+def block_text(block: Mapping[str, Any]) -> str:
+    """The human-readable text of one block: its text, a tool call as ``name {input}``, a tool
+    result's text, or a thinking block's reasoning; ``""`` for media and opaque blocks."""
+    kind = block.get("type")
+    if kind == "text":
+        return str(block.get("text", ""))
+    if kind == "tool_use":
+        return f"{block.get('name', '')} {json_text(block.get('input', {}))}"
+    if kind == "tool_result":
+        return content_text(block.get("content", ""))
+    if kind == "thinking":
+        return str(block.get("thinking", ""))
+    return ""
 
 
 def message_text(message: Mapping[str, Any]) -> str:
@@ -239,17 +278,4 @@ def message_text(message: Mapping[str, Any]) -> str:
 
     Used by the benchmark and the tests to ask "is this string present in what the model sees".
     """
-    return "\n".join(_texts(message.get("content")))
-
-
-def _texts(content: Any) -> Iterator[str]:
-    for block in blocks(content):
-        kind = block.get("type")
-        if kind == "text":
-            yield str(block.get("text", ""))
-        elif kind == "tool_use":
-            yield f"{block.get('name', '')} {json_text(block.get('input', {}))}"
-        elif kind == "tool_result":
-            yield from _texts(block.get("content", ""))
-        elif kind == "thinking":
-            yield str(block.get("thinking", ""))
+    return "\n".join(block_text(b) for b in blocks(message.get("content")) if b.get("type") in _TEXTUAL)
