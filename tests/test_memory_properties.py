@@ -149,7 +149,16 @@ def _minimum(msgs: list[Message]) -> int:
         tail = last.messages[-2:]
         newest = sum(EST.count_message(m) for m in tail if m["role"] == "assistant") // 8 + 200
         newest += 60 * sum(len(m["content"]) for m in tail if isinstance(m["content"], list))
-    return per_message * 3 * len(keep) + newest
+    # Images cannot be truncated: every one the kept turns hold costs what the estimator says.
+    images = sum(
+        EST.count_block(block)
+        for kept in keep
+        for m in kept.messages
+        if isinstance(m["content"], list)
+        for block in m["content"]
+        if block.get("type") == "image"
+    )
+    return per_message * 3 * len(keep) + newest + images
 
 
 def _pairs_intact(messages: list[Message]) -> None:
