@@ -231,6 +231,24 @@ class RetentionConfig:
 
 
 @attrs.frozen
+class MemoryConfig:
+    """How a local turn's memory is built (the Anchor, SITREP and Tail of :mod:`trooper.memory`)."""
+
+    #: Who writes the SITREP: ``extractive`` (chosen from the conversation's own lines; no model, the
+    #: default), ``model`` (the local model writes it in the background, extractive lines fill what it
+    #: does not cover yet) or ``auto`` (the model's once it covers at least half of what it replaces).
+    #: Extractive is the default because a local model usually serves one request at a time: a
+    #: background summary would make the user's next local turn wait for it.
+    sitrep: Literal["extractive", "model", "auto"] = "extractive"
+    #: Model-written SITREPs in progress at once (each is one local-model request).
+    sitrep_concurrency: int = attrs.field(default=1, validator=_positive)
+    #: Conversations waiting for a model-written SITREP; beyond it, a turn's request is skipped.
+    sitrep_queue: int = attrs.field(default=16, validator=_positive)
+    #: Longest a model-written SITREP may take, in seconds, before it is given up (extractive then).
+    sitrep_timeout: float = attrs.field(default=300.0, validator=_positive)
+
+
+@attrs.frozen
 class ProvidersConfig:
     #: Entry-point names in the ``trooper.providers`` group.
     cloud: str = attrs.field(default="anthropic", validator=_not_empty)
@@ -245,6 +263,7 @@ class Config:
     ollama: OllamaConfig = attrs.field(factory=OllamaConfig)
     locality: LocalityConfig = attrs.field(factory=LocalityConfig)
     store: StoreConfig = attrs.field(factory=StoreConfig)
+    memory: MemoryConfig = attrs.field(factory=MemoryConfig)
     providers: ProvidersConfig = attrs.field(factory=ProvidersConfig)
     retention: RetentionConfig = attrs.field(factory=RetentionConfig)
 
