@@ -67,10 +67,17 @@ async def _contract(store: SessionStore) -> None:
     lease = await store.lock("a", 5)
     await lease.release()
     await lease.release()  # twice is harmless
+    assert await store.summaries_get("a") == []
+    summary = {"first": 3, "last": 9, "text": "what was said", "chain": "c0ffee"}
+    await store.summaries_set("a", [summary])
+    await store.summaries_set("b", [summary, summary])
+    assert await store.summaries_get("a") == [summary]
     removed = await store.prune(older_than=250.0, max_sessions=None, max_audit_per_session=None)
     assert removed == {"sessions": 1, "audit": 2}
     assert await store.load_conversation("a") is None
     assert await store.audit("a") == []
+    assert await store.summaries_get("a") == []  # they go with their conversation
+    assert await store.summaries_get("b") == [summary, summary]
     for n in range(5):
         await store.write("b", 400.0 + n, None, [("turn", {"n": n})])
     removed = await store.prune(older_than=None, max_sessions=None, max_audit_per_session=2)
@@ -84,6 +91,10 @@ async def _contract(store: SessionStore) -> None:
 
 def test_both_stores_keep_the_same_contract(store_url: str) -> None:
     run(_contract(open_store(store_url)))
+
+
+def test_the_memory_store_keeps_it_too() -> None:
+    run(_contract(open_store("memory")))
 
 
 def test_open_store_takes_redis_urls_and_the_password_setting(redis_server: RedisServer) -> None:  # noqa: F811

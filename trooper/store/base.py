@@ -74,6 +74,14 @@ class SessionStore(Protocol):
 
     async def health_set(self, key: str, data: dict[str, Any]) -> None: ...
 
+    async def summaries_get(self, session: str) -> list[dict[str, Any]]:
+        """The conversation's model-written SITREPs (local content: never shown, never sent to the cloud)."""
+        ...
+
+    async def summaries_set(self, session: str, summaries: Sequence[dict[str, Any]]) -> None:
+        """Replace them; they go with the conversation when retention prunes it."""
+        ...
+
     async def claim(self, name: str, ttl: float) -> bool:
         """Take ``name`` for ``ttl`` seconds unless someone holds it: one recovery probe at a time."""
         ...

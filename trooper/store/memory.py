@@ -25,6 +25,7 @@ class MemoryStore:
         self._audit: dict[str, list[dict[str, Any]]] = {}
         self._health: dict[str, dict[str, Any]] = {}
         self._claims: dict[str, float] = {}
+        self._summaries: dict[str, list[dict[str, Any]]] = {}
         self._locks = ProcessLocks()
 
     async def load_conversation(self, session: str) -> dict[str, Any] | None:
@@ -67,6 +68,14 @@ class MemoryStore:
         with self._lock:
             self._health[key] = dict(data)
 
+    async def summaries_get(self, session: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(item) for item in self._summaries.get(session, [])]
+
+    async def summaries_set(self, session: str, summaries: Sequence[dict[str, Any]]) -> None:
+        with self._lock:
+            self._summaries[session] = [dict(item) for item in summaries]
+
     async def claim(self, name: str, ttl: float) -> bool:
         now = time.monotonic()
         with self._lock:
@@ -92,6 +101,7 @@ class MemoryStore:
                 doomed |= {sid for sid, _ in by_age[max_sessions:]}
             for sid in doomed:
                 del self._conversations[sid]
+                self._summaries.pop(sid, None)
             audit_removed = sum(len(self._audit.pop(sid, [])) for sid in doomed)
             if max_audit_per_session is not None:
                 for entries in self._audit.values():

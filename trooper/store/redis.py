@@ -14,6 +14,7 @@ key                                   type        holds
 ``trooper:health``                    hash        upstream + credential hash → the cloud's health (JSON)
 ``trooper:claim:<name>``              string      the recovery probe's claim, with an expiry
 ``trooper:lock:<session>``            string      the conversation's lock: a random token, with an expiry
+``trooper:summaries:<session>``       string      the conversation's model-written SITREPs (JSON; local content)
 ====================================  ==========  ===================================================
 
 **Fail closed, never hang.** Every call is bounded by ``timeout`` (connecting included), and any
@@ -347,6 +348,7 @@ class RedisStore:
                 if removed >= 0:
                     sessions += 1
                     audit_removed += removed
+                    await r.delete(self._key("summaries", session))
             if max_audit_per_session is not None:
                 pattern = _glob_escape(self._key("audit", "")) + "*"
                 async for key in r.scan_iter(match=pattern, count=1000):
@@ -422,6 +424,15 @@ class RedisStore:
         if not known:
             data = await self._call(lambda r: r.hget(self._key("health"), key), "read the cloud's health")
         return orjson.loads(data) if data else None
+
+    async def summaries_get(self, session: str) -> list[dict[str, Any]]:
+        data = await self._call(lambda r: r.get(self._key("summaries", session)), "read the SITREPs")
+        found = orjson.loads(data) if data else []
+        return found if isinstance(found, list) else []
+
+    async def summaries_set(self, session: str, summaries: Sequence[dict[str, Any]]) -> None:
+        blob = orjson.dumps(list(summaries))
+        await self._call(lambda r: r.set(self._key("summaries", session), blob), "store the SITREPs")
 
     async def health_set(self, key: str, data: dict[str, Any]) -> None:
         self._forget("health", key)

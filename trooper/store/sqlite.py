@@ -116,6 +116,7 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_session ON audit(session, seq);
 CREATE TABLE IF NOT EXISTS health (key TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS claims (name TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS summaries (session TEXT PRIMARY KEY, data BLOB NOT NULL);
 """
 
 
@@ -240,6 +241,7 @@ class SQLiteStore:
                         )
                     }
                 self._db.executemany("DELETE FROM conversations WHERE id = ?", [(sid,) for sid in doomed])
+                self._db.executemany("DELETE FROM summaries WHERE session = ?", [(sid,) for sid in doomed])
                 removed = 0
                 for sid in doomed:
                     removed += self._db.execute("DELETE FROM audit WHERE session = ?", (sid,)).rowcount
@@ -254,6 +256,21 @@ class SQLiteStore:
                 raise
             self._db.execute("COMMIT")
         return {"sessions": len(doomed), "audit": removed}
+
+    async def summaries_get(self, session: str) -> list[dict[str, Any]]:
+        with self._lock:
+            row = self._db.execute("SELECT data FROM summaries WHERE session = ?", (session,)).fetchone()
+        found = orjson.loads(row[0]) if row else []
+        return found if isinstance(found, list) else []
+
+    async def summaries_set(self, session: str, summaries: Sequence[dict[str, Any]]) -> None:
+        blob = orjson.dumps(list(summaries))
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO summaries(session, data) VALUES (?, ?) "
+                "ON CONFLICT(session) DO UPDATE SET data = excluded.data",
+                (session, blob),
+            )
 
     async def health_get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
