@@ -48,6 +48,9 @@ class Books:
         self.locality = locality
         self.clock = clock
         self._pending: set[asyncio.Task[None]] = set()
+        #: Called with every local turn that answered, once its record is written (the model-written
+        #: SITREP is planned from it).
+        self.after_local_turn: Callable[[turn.Turn], None] | None = None
 
     async def commit(self, conversation: Conversation, records: Sequence[TransitionRecord]) -> None:
         """The conversation and its new transitions, durably, in one transaction."""
@@ -111,6 +114,8 @@ class Books:
 
     def _record(self, planned: turn.Turn, conversation: Conversation | None, status: int, *timing: float) -> None:
         first_byte, duration = timing
+        if planned.route == "local" and status == 200 and self.after_local_turn is not None:
+            self.after_local_turn(planned)
         data = turn.turn_record(
             planned,
             status=status,

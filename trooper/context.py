@@ -16,7 +16,15 @@ import attrs
 
 from trooper.config import Config
 from trooper.controls import TROOPER_FIELDS
-from trooper.memory import Budget, CalibratedEstimator, CompactionCache, ModelSitrep, SitrepMode, compact
+from trooper.memory import (
+    Budget,
+    CalibratedEstimator,
+    CompactionCache,
+    ModelSitrep,
+    SitrepMode,
+    compact,
+    plan_summary,
+)
 from trooper.providers.base import LocalProvider, ProviderError
 from trooper.turn import LocalContext
 
@@ -45,7 +53,7 @@ class Memory:
         self._looked_up_at: float | None = None
         self.estimator = CalibratedEstimator()
         # Bounded well below the memory package's default: entries hold per-turn extracts, and a
-        # long-running proxy sees many conversations (the soak bench measured ~5 KiB of RSS a turn).
+        # long-running proxy sees many conversations.
         self.cache = CompactionCache(maxsize=2_000)
         self._calibrations: OrderedDict[str, _Calibration] = OrderedDict()
 
@@ -101,17 +109,21 @@ class Memory:
         context = self.context_tokens or SAFE_DEFAULT_CONTEXT
         requested = body.get("max_tokens")
         reserved = min(int(requested), context // 4) if isinstance(requested, int) and requested > 0 else context // 4
+        estimator = self.estimator_for(session)
         result = compact(
             body["messages"],
             budget=Budget(context_tokens=context, reserved_output=reserved),
             system=body.get("system"),
             tools=body.get("tools"),
-            estimator=self.estimator_for(session),
+            estimator=estimator,
             cache=self.cache,
             sitrep=sitrep,
             summaries=summaries,
         )
-        return LocalContext(list(result.messages), dict(result.layers), result.num_ctx, reserved)
+        due = None
+        if sitrep != "extractive":
+            due = plan_summary(body["messages"], result, summaries, estimator=estimator)
+        return LocalContext(list(result.messages), dict(result.layers), result.num_ctx, reserved, due)
 
     def estimate_request(self, body: Mapping[str, Any]) -> int:
         """A local estimate of a request's input tokens (for ``count_tokens`` when the cloud can't)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,9 +29,10 @@ from trooper.books import Books
 from trooper.cloud_watch import CloudWatch
 from trooper.config import Config
 from trooper.context import Memory
-from trooper.conversation import Conversation, Health, conversation_from_dict
+from trooper.conversation import LOCAL_STATES, Conversation, Health, conversation_from_dict
 from trooper.health import CloudHealth
 from trooper.local_run import Held, LocalRunner
+from trooper.memory import ModelSitrep
 from trooper.metrics import Metrics
 from trooper.providers.base import (
     AuthError,
@@ -46,6 +48,7 @@ from trooper.providers.base import (
 from trooper.recorder import Ledger, LedgerUnavailable, ledger_refusal
 from trooper.spans import warm_up
 from trooper.store.base import SessionStore, StoreUnavailable
+from trooper.summaries import SummaryWriter
 from trooper.wire import JSON, Incoming, Outgoing, TrooperError, error_response, stamped
 
 log = structlog.get_logger("trooper")
@@ -78,6 +81,10 @@ class Engine:
             store, self.ledger, memory=self.memory, metrics=self.metrics, locality=self.config.locality, clock=clock
         )
         self.runner = LocalRunner(local, self.ledger, self.books)
+        self.summaries = SummaryWriter(
+            self.config.memory, local, store, self.ledger, num_ctx=lambda: self.memory.context_tokens, clock=clock
+        )
+        self.books.after_local_turn = self._plan_summary
         self.watch = CloudWatch(cloud, store, clock, probe_timeout=self.config.anthropic.probe_timeout)
         self.admin = Admin(self, clock)
         self.started_at = clock()
@@ -111,6 +118,7 @@ class Engine:
     async def aclose(self) -> None:
         """Write what is owed, stop the probes, close the providers and the store."""
         await self.settle()
+        await self.summaries.aclose()
         self.watch.close()
         await self.cloud.aclose()
         if self.local is not None:
@@ -156,7 +164,17 @@ class Engine:
             marker=self.config.locality.marker,
         )
 
-    def _facts(self, request: turn.Request, conversation: Conversation, health: Health, request_id: str) -> turn.Facts:
+    def _facts(
+        self,
+        request: turn.Request,
+        conversation: Conversation,
+        health: Health,
+        request_id: str,
+        summaries: tuple[ModelSitrep, ...] = (),
+    ) -> turn.Facts:
+        compact = self.memory.compact
+        if self.summaries.enabled:
+            compact = functools.partial(compact, sitrep=self.config.memory.sitrep, summaries=summaries)
         return turn.Facts(
             request,
             conversation,
@@ -166,8 +184,25 @@ class Engine:
             self.ledger.index,
             self.config.locality,
             self.local.model if self.local is not None else None,
-            self.memory.compact,
+            compact,
         )
+
+    def _plan_summary(self, planned: turn.Turn) -> None:
+        """After a local turn: ask the local model for the SITREP its compaction says is due."""
+        action = planned.action
+        due = planned.memory.summary if planned.memory is not None else None
+        if due is not None and isinstance(action, turn.LocalCall):
+            self.summaries.schedule(planned.request.session, due, action.recorder.base)
+
+    async def _summaries_for(
+        self, request: turn.Request, conversation: Conversation, health: Health, local_anyway: bool
+    ) -> tuple[ModelSitrep, ...]:
+        """The stored model-written SITREPs, read only when the turn may run locally."""
+        if not self.summaries.enabled:
+            return ()
+        if not (local_anyway or health is not Health.UP or conversation.state in LOCAL_STATES):
+            return ()
+        return await self.summaries.load(request.session)
 
     async def _refresh(self) -> None:
         """Read what other instances recorded; a ledger that cannot be read refuses the turn."""
@@ -188,11 +223,11 @@ class Engine:
         await self.memory.prepare()
         key = self.watch.key(request)
         health = await self.watch.health(key)
+        local_anyway = request.controls.force_local or (
+            turn.continuation_route(request.messages, self.ledger.index) == "local"
+        )
         if health.probe_due(self.clock()):
             probe = self.watch.start_probe(key, health, request)
-            local_anyway = request.controls.force_local or (
-                turn.continuation_route(request.messages, self.ledger.index) == "local"
-            )
             if probe is not None and not local_anyway:
                 # This turn could use the cloud: wait (bounded) for the probe to say so. A turn that
                 # runs locally anyway never waits on the cloud.
@@ -201,7 +236,9 @@ class Engine:
                 health = await self.watch.health(key)
         held = Held(await self.store.lock(request.session, LOCK_TTL))
         try:
-            facts = self._facts(request, await self._load(request.session), health.status, incoming.request_id)
+            conversation = await self._load(request.session)
+            summaries = await self._summaries_for(request, conversation, health.status, local_anyway)
+            facts = self._facts(request, conversation, health.status, incoming.request_id, summaries)
             planned = turn.begin(facts)
             if planned.records:  # a state change is durable before the turn runs
                 await self.books.commit(planned.conversation, planned.records)
@@ -277,7 +314,9 @@ class Engine:
         session = planned.request.session
         held = Held(await self.store.lock(session, LOCK_TTL))
         try:
-            fresh = self._facts(planned.request, await self._load(session), health, planned.request_id)
+            conversation = await self._load(session)
+            summaries = await self._summaries_for(planned.request, conversation, health, True)
+            fresh = self._facts(planned.request, conversation, health, planned.request_id, summaries)
             fallback = turn.fall_back(planned, fresh, event)
             await self.books.commit(fallback.conversation, fallback.records)
             assert isinstance(fallback.action, turn.LocalCall)

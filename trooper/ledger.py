@@ -406,6 +406,17 @@ def record_local_turn(
     return collect.records(), recorder
 
 
+def summary_records(text: str, base: U64, *, session: str) -> list[LedgerRecord]:
+    """What a model-written SITREP records before it is kept: its spans, as local content.
+
+    It is written from the whole conversation, local turns included, so it is local content; only the
+    spans it shares with what the cloud has already received (``base``, as for the turn it was
+    planned in) are not, or cloud history it quotes would start to look local.
+    """
+    values = difference(local_fingerprints(text), base)
+    return [LedgerRecord.of("span.produced", values, session=session)] if len(values) else []
+
+
 def _identity_of(block: Any) -> str | None:
     from trooper.lineage import block_identity
 
@@ -970,4 +981,5 @@ __all__ = [
     "cloud_visible",
     "plan_cloud",
     "record_local_turn",
+    "summary_records",
 ]

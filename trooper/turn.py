@@ -39,7 +39,7 @@ from trooper.ledger import (
     record_local_turn,
 )
 from trooper.lineage import Lineage, walk
-from trooper.memory import BudgetTooSmall
+from trooper.memory import BudgetTooSmall, SummaryRequest
 from trooper.wire import JSON, LowerHeaders, TrooperError, answered_tool_calls, parse_body, validate_messages
 
 Route = Literal["cloud", "local"]
@@ -97,6 +97,8 @@ class LocalContext:
     layers: dict[str, int]
     num_ctx: int
     max_tokens: int | None
+    #: The model-written SITREP to ask the local model for after this turn, when one is due.
+    summary: SummaryRequest | None = None
 
     def header(self) -> str:
         """``x-trooper-memory``: every layer's token count, e.g. ``anchor=812;sitrep=400;tail=2210``."""
