@@ -1133,6 +1133,62 @@ def run_timing() -> list[str]:
     ]
 
 
+def run_model_sitrep(conversations: Sequence[Conversation], url: str, model: str, share: float = 0.10) -> list[str]:
+    """The model-written SITREP against a real local model: each conversation's middle summarised by
+    it (as the engine's background writer would, chunk after chunk), then the local request rebuilt
+    with ``sitrep="model"`` and scored like the extractive one."""
+    import asyncio
+
+    from trooper.memory import Budget, accept_summary, compact, plan_summary
+    from trooper.providers.base import LocalRequest, ProviderError
+    from trooper.providers.ollama import OllamaProvider
+
+    async def ask(provider: OllamaProvider, prompt: str, max_tokens: int, num_ctx: int) -> str:
+        body = {"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": prompt}]}
+        parts = []
+        async for event in provider.events(LocalRequest(body, model=model, stream=True, num_ctx=num_ctx)):
+            delta = event.get("delta") if event.get("type") == "content_block_delta" else None
+            if isinstance(delta, dict) and delta.get("type") == "text_delta":
+                parts.append(str(delta.get("text", "")))
+        return "".join(parts)
+
+    async def run() -> list[str]:
+        provider = OllamaProvider(url, model=model)
+        try:
+            if not await provider.health():
+                return [f"no local model answers at {url}: the model-written SITREP was not measured"]
+            facts = survived = requests = 0
+            started = time.perf_counter()
+            for conversation in conversations:
+                body, context = request_for(conversation, share)
+                budget = Budget(context_tokens=context, reserved_output=body["max_tokens"])
+                summaries: list[Any] = []
+                while True:
+                    result = compact(conversation.messages, budget=budget, sitrep="model", summaries=summaries)
+                    due = plan_summary(conversation.messages, result, summaries)
+                    if due is None:
+                        break
+                    text = await ask(provider, due.prompt(), due.max_tokens * 2, max(context, 8192))
+                    summaries.append(accept_summary(due, text))
+                    requests += 1
+                sent = set(content_words("\n".join(message_text(m) for m in result.messages)))
+                facts += len(conversation.facts)
+                survived += sum(survives(answer, sent, every) for answer, every in conversation.facts)
+            elapsed = time.perf_counter() - started
+            return [
+                f"model-written SITREP ({model} at {url}), {share:.0%} budget: {survived}/{facts} = "
+                f"{survived / max(1, facts):.1%} of the middle's facts; {requests} summary requests in {elapsed:.0f} s"
+            ]
+        except ProviderError as exc:
+            return [
+                f"the local model at {url} failed ({type(exc).__name__}): the model-written SITREP was not measured"
+            ]
+        finally:
+            await provider.aclose()
+
+    return asyncio.run(run())
+
+
 def _default(name: str) -> Path | None:
     path = (ROOT / ".." / "shared" / "data" / name).resolve()
     return path if path.is_dir() else None
@@ -1147,6 +1203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-timing", action="store_true", help="skip the timing section")
     parser.add_argument("--through-proxy", action="store_true", help="also run the public sets through a real Trooper")
     parser.add_argument("--example", help="whose SITREP at 10 %% to print (a conversation name)")
+    parser.add_argument("--local-model", metavar="URL", help="also measure the model-written SITREP with this Ollama")
+    parser.add_argument("--model", default="qwen3", help="the Ollama model for --local-model (default qwen3)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     ok = True
@@ -1168,6 +1226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.through_proxy:
                 print("through a real Trooper (Engine + server on loopback, FakeAnthropic, FakeOllama):")
                 print("\n".join(run_through_proxy(conversations)))
+                print()
+            if args.local_model:
+                print("\n".join(run_model_sitrep(conversations, args.local_model, args.model)))
                 print()
             for source, text in examples.items():
                 print(f"SITREP of {source} {text}\n")
