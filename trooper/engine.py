@@ -29,7 +29,8 @@ from trooper.books import Books
 from trooper.cloud_watch import CloudWatch
 from trooper.config import Config
 from trooper.context import Memory
-from trooper.conversation import LOCAL_STATES, Conversation, Health, conversation_from_dict
+from trooper.conversation import Conversation, Health, conversation_from_dict
+from trooper.counting import count_tokens
 from trooper.health import CloudHealth
 from trooper.local_run import Held, LocalRunner
 from trooper.memory import ModelSitrep
@@ -146,7 +147,7 @@ class Engine:
             if request.path == "/v1/messages/count_tokens" and request.method == "POST":
                 return await self.count_tokens(request)
             if request.path.startswith("/v1/models") and request.method == "GET":
-                return await self.forward(request)
+                return await relay.forward(self.cloud, request)
             raise TrooperError("not_found_error", f"{request.method} {request.path}: no such route")
         except TrooperError as exc:
             return error_response(exc)
@@ -194,16 +195,6 @@ class Engine:
         if due is not None and isinstance(action, turn.LocalCall):
             self.summaries.schedule(planned.request.session, due, action.recorder.base)
 
-    async def _summaries_for(
-        self, request: turn.Request, conversation: Conversation, health: Health, local_anyway: bool
-    ) -> tuple[ModelSitrep, ...]:
-        """The stored model-written SITREPs, read only when the turn may run locally."""
-        if not self.summaries.enabled:
-            return ()
-        if not (local_anyway or health is not Health.UP or conversation.state in LOCAL_STATES):
-            return ()
-        return await self.summaries.load(request.session)
-
     async def _refresh(self) -> None:
         """Read what other instances recorded; a ledger that cannot be read refuses the turn."""
         try:
@@ -237,7 +228,8 @@ class Engine:
         held = Held(await self.store.lock(request.session, LOCK_TTL))
         try:
             conversation = await self._load(request.session)
-            summaries = await self._summaries_for(request, conversation, health.status, local_anyway)
+            local = turn.may_run_locally(request, conversation, health.status, self.ledger.index)
+            summaries = await self.summaries.load(request.session) if local else ()
             facts = self._facts(request, conversation, health.status, incoming.request_id, summaries)
             planned = turn.begin(facts)
             if planned.records:  # a state change is durable before the turn runs
@@ -315,7 +307,7 @@ class Engine:
         held = Held(await self.store.lock(session, LOCK_TTL))
         try:
             conversation = await self._load(session)
-            summaries = await self._summaries_for(planned.request, conversation, health, True)
+            summaries = await self.summaries.load(session)
             fresh = self._facts(planned.request, conversation, health, planned.request_id, summaries)
             fallback = turn.fall_back(planned, fresh, event)
             await self.books.commit(fallback.conversation, fallback.records)
@@ -330,48 +322,10 @@ class Engine:
     # ------------------------------------------------------------------------------- other endpoints
 
     async def count_tokens(self, incoming: Incoming) -> Outgoing:
-        """Counted by the cloud on the filtered payload; estimated here when the cloud cannot or may not."""
         request = self._read(incoming)
         await self._refresh()
-        conversation = await self._load(request.session)
-        facts = self._facts(request, conversation, Health.UP, incoming.request_id)
-        known = [("x-trooper-session", conversation.id), ("x-trooper-state", conversation.state)]
-        if turn.count_estimated(facts):
-            return self._estimate_tokens(request.body, [*known, ("x-trooper-reason", "local")])
-        call = turn.cloud_call(request, turn.LazyLineage(facts), self.ledger.index, self.config.locality)
-        if isinstance(call, turn.Refuse):
-            return self._estimate_tokens(request.body, [*known, ("x-trooper-reason", "guarded")])
-        upstream = UpstreamRequest(request.method, request.path, request.query, request.headers, call.payload)
-        cloud = [("x-trooper-route", "cloud"), *known, ("x-trooper-reason", "default")]
-        try:
-            response = await self.cloud.send(upstream)
-        except (QuotaExhausted, Unreachable, Overloaded) as exc:
-            reason = "quota" if isinstance(exc, QuotaExhausted) else "offline"
-            return self._estimate_tokens(request.body, [*known, ("x-trooper-reason", reason)])
-        except ProviderError as exc:
-            return relay.provider_error(exc, cloud)
-        data = await response.aread()
-        await response.aclose()
-        return Outgoing(response.status, relay.forwardable(response.headers) + cloud, data)
-
-    def _estimate_tokens(self, body: JSON, headers: list[tuple[str, str]]) -> Outgoing:
-        """Trooper's own count, when the cloud may not see the request or cannot answer."""
-        tokens = self.memory.estimate_request(body)
-        return Outgoing(
-            200,
-            [("content-type", "application/json"), ("x-trooper-estimate", "true"), *headers],
-            orjson.dumps({"input_tokens": tokens}),
-        )
-
-    async def forward(self, request: Incoming) -> Outgoing:
-        """Pass a request through unchanged (``GET /v1/models``)."""
-        upstream = UpstreamRequest(request.method, request.path, request.query, request.headers, request.body)
-        headers = [("x-trooper-route", "cloud")]
-        try:
-            response = await self.cloud.send(upstream)
-        except ProviderError as exc:
-            return relay.provider_error(exc, headers)
-        return Outgoing(response.status, relay.forwardable(response.headers) + headers, stream=relay.relay(response))
+        facts = self._facts(request, await self._load(request.session), Health.UP, incoming.request_id)
+        return await count_tokens(self.cloud, self.memory, facts)
 
     async def create(
         self, body: Mapping[str, Any], headers: Mapping[str, str] | None = None

@@ -23,7 +23,16 @@ from trooper.providers.base import (
     UpstreamRequest,
     UpstreamResponse,
 )
-from trooper.wire import HOP_BY_HOP, Outgoing, SSEDecoder, TrooperError, encode_sse, error_payload, error_response
+from trooper.wire import (
+    HOP_BY_HOP,
+    Incoming,
+    Outgoing,
+    SSEDecoder,
+    TrooperError,
+    encode_sse,
+    error_payload,
+    error_response,
+)
 
 log = structlog.get_logger("trooper")
 
@@ -139,4 +148,24 @@ def provider_error(exc: ProviderError, headers: Sequence[tuple[str, str]]) -> Ou
     return error_response(error, [*headers, ("x-should-retry", "false")] if status == 502 else headers)
 
 
-__all__ = ["Prefetched", "first_bytes", "forwardable", "input_tokens", "is_sse", "provider_error", "relay"]
+async def forward(cloud: CloudProvider, request: Incoming) -> Outgoing:
+    """Pass a request through unchanged (``GET /v1/models``): nothing in it is a conversation."""
+    upstream = UpstreamRequest(request.method, request.path, request.query, request.headers, request.body)
+    headers = [("x-trooper-route", "cloud")]
+    try:
+        response = await cloud.send(upstream)
+    except ProviderError as exc:
+        return provider_error(exc, headers)
+    return Outgoing(response.status, forwardable(response.headers) + headers, stream=relay(response))
+
+
+__all__ = [
+    "Prefetched",
+    "first_bytes",
+    "forward",
+    "forwardable",
+    "input_tokens",
+    "is_sse",
+    "provider_error",
+    "relay",
+]

@@ -25,7 +25,16 @@ import orjson
 
 from trooper.config import LocalityConfig
 from trooper.controls import TROOPER_FIELDS, Controls, read_controls, strip_controls
-from trooper.conversation import Conversation, Health, TransitionRecord, can_fire, destination_of, fire, route_of
+from trooper.conversation import (
+    LOCAL_STATES,
+    Conversation,
+    Health,
+    TransitionRecord,
+    can_fire,
+    destination_of,
+    fire,
+    route_of,
+)
 from trooper.identity import session_id
 from trooper.ledger import (
     NO_SYSTEM,
@@ -216,6 +225,16 @@ def continuation_route(messages: Sequence[JSON], index: LedgerIndex) -> Route | 
     if answered is None:
         return None
     return "local" if any(index.tool_origin(ref) is not None for ref in answered) else "cloud"
+
+
+def may_run_locally(request: Request, conversation: Conversation, health: Health, index: LedgerIndex) -> bool:
+    """Whether this request could become a local turn (what the driver loads ahead only for one)."""
+    return (
+        request.controls.force_local
+        or health is not Health.UP
+        or conversation.state in LOCAL_STATES
+        or continuation_route(request.messages, index) == "local"
+    )
 
 
 def local_origin(request: Request, continuation: Route | None, index: LedgerIndex) -> Origin:
@@ -515,6 +534,7 @@ __all__ = [
     "events_for",
     "fall_back",
     "local_origin",
+    "may_run_locally",
     "read_request",
     "trooper_headers",
     "turn_record",
