@@ -23,6 +23,7 @@ PURE = [
     "ledger.py",
     "lineage.py",
     "spans.py",
+    "keyset.py",
     "text.py",
     "_memo.py",
     "identity.py",
