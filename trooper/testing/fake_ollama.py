@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import attrs
 import orjson
@@ -145,7 +145,10 @@ class Reply:
     thinking: str = ""
     tool_calls: Sequence[Mapping[str, Any]] = attrs.field(default=(), converter=_calls)
     done_reason: str = "stop"
-    prompt_eval_count: int | None = 12
+    #: The prompt's token count the done line reports: ``"counted"`` (the default) counts the request
+    #: as a tokenizer would, roughly (four characters a token, four tokens of framing a message);
+    #: ``None`` leaves it out, as Ollama does when it is zero.
+    prompt_eval_count: int | Literal["counted"] | None = "counted"
     #: Defaults to the number of content lines sent.
     eval_count: int | None = None
     delay: float = 0.0
@@ -331,6 +334,8 @@ class FakeOllama(RequestLog):
         if think not in (None, False, "") and "thinking" not in model.capabilities:
             return _error(400, f'"{name}" does not support thinking')
         item = self._next(recorded)
+        if isinstance(item, Reply) and item.prompt_eval_count == "counted":
+            item = attrs.evolve(item, prompt_eval_count=prompt_tokens(body))
         stream = body.get("stream", True) is not False
         if isinstance(item, HttpError):
             raw = item.raw if item.raw is not None else orjson.dumps({"error": item.message})
@@ -417,9 +422,18 @@ def _tool_call(call: Mapping[str, Any], index: int) -> dict[str, Any]:
     return out
 
 
+def prompt_tokens(body: Mapping[str, Any]) -> int:
+    """About what a tokenizer would count for an ``/api/chat`` body: what ``"counted"`` reports."""
+    found = body.get("messages")
+    messages: list[Any] = found if isinstance(found, list) else []
+    chars = sum(len(orjson.dumps(message)) for message in messages)
+    chars += len(orjson.dumps(body.get("tools"))) if body.get("tools") else 0
+    return max(1, chars // 4 + 4 * len(messages))
+
+
 def _metrics(reply: Reply, sent: int) -> dict[str, Any]:
     out: dict[str, Any] = {"total_duration": 182242375, "load_duration": 41295167}
-    if reply.prompt_eval_count is not None:
+    if isinstance(reply.prompt_eval_count, int):
         out["prompt_eval_count"] = reply.prompt_eval_count
         out["prompt_eval_duration"] = 24573166
     out["eval_count"] = reply.eval_count if reply.eval_count is not None else max(1, sent)
