@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -143,6 +143,13 @@ class Books:
         tokens = relay.input_tokens(first[0] if first else b"", request.stream)
         if tokens is not None:
             self.memory.observe(request.session, action.plan.messages, tokens)
+
+    def learn_local_tokens(self, planned: turn.Turn, event: Mapping[str, Any]) -> None:
+        """Feed the local model's own count of the prompt (its final usage) to the local estimator."""
+        usage = event.get("usage") if event.get("type") == "message_delta" else None
+        actual = usage.get("input_tokens") if isinstance(usage, Mapping) else None
+        if isinstance(actual, int) and planned.memory is not None:
+            self.memory.observe_local(planned.memory.layers.get("total", 0), actual)
 
     def remember_cloud(self, planned: turn.Turn, action: turn.CloudCall) -> None:
         """Where the cloud has now received messages, so later requests trust them without scanning.

@@ -56,6 +56,10 @@ class Memory:
         # long-running proxy sees many conversations.
         self.cache = CompactionCache(maxsize=2_000)
         self._calibrations: OrderedDict[str, _Calibration] = OrderedDict()
+        #: Calibrated from what the local model itself counts (Ollama's ``prompt_eval_count``): the
+        #: local budget is in the local model's tokens, which the cloud's counts do not measure.
+        self.local_estimator = CalibratedEstimator()
+        self.local_observations = 0
 
     def estimator_for(self, session: str) -> CalibratedEstimator:
         """The conversation's own estimator: its scale learns from the cloud's exact counts."""
@@ -78,6 +82,17 @@ class Memory:
             estimated = sum(state.estimator.count_message(message) for message in fresh)
             state.estimator.calibrate(estimated, input_tokens - state.tokens)
         state.messages, state.tokens = len(messages), input_tokens
+
+    def observe_local(self, estimated: int, actual: int) -> None:
+        """Learn from the local model's own count of a prompt this memory estimated at ``estimated``."""
+        if estimated > 0 and actual > 0:
+            self.local_estimator.calibrate(estimated, actual)
+            self.local_observations += 1
+
+    def _estimator_for_local(self, session: str) -> CalibratedEstimator:
+        """The local model's calibration once it has counted a prompt, else the conversation's (the cloud's
+        counts are in another tokenizer, but closer than none)."""
+        return self.local_estimator if self.local_observations else self.estimator_for(session)
 
     async def prepare(self) -> None:
         """Learn the local model's context window once (retried after a while if the lookup failed)."""
@@ -109,7 +124,7 @@ class Memory:
         context = self.context_tokens or SAFE_DEFAULT_CONTEXT
         requested = body.get("max_tokens")
         reserved = min(int(requested), context // 4) if isinstance(requested, int) and requested > 0 else context // 4
-        estimator = self.estimator_for(session)
+        estimator = self._estimator_for_local(session)
         result = compact(
             body["messages"],
             budget=Budget(context_tokens=context, reserved_output=reserved),
@@ -123,7 +138,8 @@ class Memory:
         due = None
         if sitrep != "extractive":
             due = plan_summary(body["messages"], result, summaries, estimator=estimator)
-        return LocalContext(list(result.messages), dict(result.layers), result.num_ctx, reserved, due)
+        kind = result.sitrep.kind if result.sitrep is not None else "none"
+        return LocalContext(list(result.messages), dict(result.layers), result.num_ctx, reserved, due, kind)
 
     def estimate_request(self, body: Mapping[str, Any]) -> int:
         """A local estimate of a request's input tokens (for ``count_tokens`` when the cloud can't)."""

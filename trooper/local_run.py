@@ -91,6 +91,7 @@ class LocalRunner:
             while event is not None:
                 await self.ledger.append(action.recorder.feed(event))
                 accumulator.feed(event)
+                self.books.learn_local_tokens(planned, event)
                 event = await anext(events, None)
         except ProviderError as exc:
             return await self._failed(planned, headers, cloud_error, exc)
@@ -119,6 +120,7 @@ class LocalRunner:
             while event is not None:
                 await self.ledger.append(action.recorder.feed(event))
                 yield encode_sse(event)
+                self.books.learn_local_tokens(planned, event)
                 event = await anext(events, None)
         except ProviderError as exc:
             log.warning(
