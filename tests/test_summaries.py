@@ -142,6 +142,8 @@ def test_a_summary_is_written_kept_used_and_never_sent_to_the_cloud(
     _local_turn(harness, "s-model", history, "and after that?")
     used = orjson.dumps(_turn_requests(fake_local)[-1]).decode()
     assert secret in used and "written by the local model" in used
+    turns = [entry for entry in harness.store.audit("s-model") if entry["kind"] == "turn"]
+    assert [entry["sitrep"] for entry in turns] == ["extractive", "model"]
 
     # A cloud turn of the same conversation, and one that quotes the summary: never sent.
     client = harness.client(default_headers={"X-Trooper-Session": "s-model"})

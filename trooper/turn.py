@@ -108,6 +108,8 @@ class LocalContext:
     max_tokens: int | None
     #: The model-written SITREP to ask the local model for after this turn, when one is due.
     summary: SummaryRequest | None = None
+    #: Who wrote the SITREP this turn got: ``extractive``, ``model``, ``mixed``, or ``none`` (no middle).
+    sitrep: str = "none"
 
     def header(self) -> str:
         """``x-trooper-memory``: every layer's token count, e.g. ``anchor=812;sitrep=400;tail=2210``."""
@@ -500,6 +502,7 @@ def turn_record(
     }
     if turn.memory is not None:
         data["memory"] = turn.memory.layers
+        data["sitrep"] = turn.memory.sitrep
     return data
 
 
