@@ -248,9 +248,13 @@ def block_blobs(block: Any) -> Iterator[str]:
 
 def context_only(block: Any) -> bool:
     """A text block that holds nothing but client context (``<system-reminder>`` segments)."""
-    if not isinstance(block, Mapping) or block.get("type") != "text":
+    # Asked of every block of every request: a plain dict skips the slower ABC check.
+    if type(block) is not dict and not isinstance(block, Mapping):
         return False
-    text = str(block.get("text", ""))
+    if block.get("type") != "text":
+        return False
+    text = block.get("text", "")
+    text = text if type(text) is str else str(text)
     return REMINDER_OPEN in text and not strip_reminders(text).strip()
 
 
