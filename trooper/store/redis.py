@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import secrets
 import time
 import weakref
@@ -75,6 +76,13 @@ _HEALTH_KEYS: Final = 8
 #: An answer read ahead is used only this soon after it was read (and only once).
 _FRESH: Final = 0.25
 
+# The ledger after a cursor and, in the same reply, the health of the upstreams given (if any):
+# ARGV = start, count, health fields... Returns {entries} or {entries, health values}.
+_LEDGER: Final = """
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+if #ARGV > 2 then return {entries, redis.call('HMGET', KEYS[2], unpack(ARGV, 3))} end
+return {entries}
+"""
 # Take the lock unless another token holds it; the holder's own token (a retried call) takes it
 # again. Returns {1, conversation} or {0, milliseconds until it lapses}.
 _LOCK: Final = """
@@ -117,6 +125,17 @@ return audit
 """
 
 
+_SCRIPTS: Final = {
+    "ledger": _LEDGER,
+    "lock": _LOCK,
+    "renew": _RENEW,
+    "unlock": _UNLOCK,
+    "write": _WRITE,
+    "prune": _PRUNE,
+}
+_SHAS: Final = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in _SCRIPTS.items()}
+
+
 def location(url: str) -> str:
     """``redis://host:port/db`` without user or password: what messages and logs may show."""
     parts = urlsplit(url)
@@ -142,9 +161,12 @@ def _decode(data: bytes) -> LedgerRecord:
     return LedgerRecord(kind, values, session, origin, bool(shareable))
 
 
-def _page(stream: str, cursor: int) -> Callable[[Any], Awaitable[Any]]:
-    """The next page of the ledger after ``cursor``."""
-    return lambda r: r.xrange(stream, min=f"({_entry_id(cursor)}", count=_PAGE)
+def _record_of(fields: Sequence[bytes]) -> LedgerRecord:
+    """The record in a stream entry's flat field list (``[b"r", data]``)."""
+    for at in range(0, len(fields) - 1, 2):
+        if fields[at] == b"r":
+            return _decode(fields[at + 1])
+    raise StoreError("a ledger entry without its record")
 
 
 def _cursor(entry_id: bytes) -> int:
@@ -190,7 +212,6 @@ class RedisStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._guard: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
-        self._scripts: dict[str, Any] = {}
         self._locks = ProcessLocks()
         #: Upstream keys whose health the engine asked for, most recent last.
         self._health_keys: OrderedDict[str, None] = OrderedDict()
@@ -254,17 +275,21 @@ class RedisStore:
             # Closed when the loop's tasks are cancelled at its end (asyncio.run, a test's server), so
             # no connection outlives the loop it belongs to.
             self._guard = loop.create_task(_close_at_end(self._redis))
-            self._scripts = {
-                name: self._redis.register_script(source)
-                for name, source in (
-                    ("lock", _LOCK),
-                    ("renew", _RENEW),
-                    ("unlock", _UNLOCK),
-                    ("write", _WRITE),
-                    ("prune", _PRUNE),
-                )
-            }
         return self._redis
+
+    @staticmethod
+    async def _eval(r: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run one of this module's scripts by its digest; a server that does not know it yet (new,
+        restarted, flushed) is sent the script itself, which it then keeps.
+
+        Called as a plain command rather than through the client's script objects: those cost
+        noticeably more CPU per call, and every turn runs a script."""
+        from redis.exceptions import NoScriptError
+
+        try:
+            return await r.execute_command("EVALSHA", _SHAS[name], len(keys), *keys, *args)
+        except NoScriptError:
+            return await r.execute_command("EVAL", _SCRIPTS[name], len(keys), *keys, *args)
 
     async def _call(self, work: Callable[[Any], Awaitable[T]], what: str, *, seconds: float | None = None) -> T:
         """Run one exchange with Redis within the timeout; any failure is :class:`StoreUnavailable`."""
@@ -313,7 +338,7 @@ class RedisStore:
         blob = orjson.dumps(conversation) if conversation is not None else b""
 
         async def work(r: Any) -> None:
-            await self._scripts["write"](keys=keys, args=[repr(float(at)), session, blob, *rows])
+            await self._eval(r, "write", keys, [repr(float(at)), session, blob, *rows])
 
         if conversation is not None:
             self._forget("conversation", session)
@@ -341,10 +366,9 @@ class RedisStore:
                 for session, updated in await r.zrange(index, 0, -max_sessions - 1, withscores=True):
                     doomed[session.decode()] = updated
             sessions = audit_removed = 0
-            prune = self._scripts["prune"]
             for session, updated in doomed.items():
                 keys = [index, self._key("conv", session), self._key("audit", session)]
-                removed = await prune(keys=keys, args=[session, repr(updated)])
+                removed = await self._eval(r, "prune", keys, [session, repr(updated)])
                 if removed >= 0:
                     sessions += 1
                     audit_removed += removed
@@ -389,28 +413,24 @@ class RedisStore:
 
     async def ledger_since(self, cursor: int) -> tuple[list[LedgerRecord], int]:
         """Records after ``cursor`` — read together with the cloud's health (see the module's notes)."""
-        stream = self._key("ledger")
-        start = "-" if cursor == 0 else f"({_entry_id(cursor)}"
         keys = list(self._health_keys)
+        stream_keys = [self._key("ledger"), self._key("health")]
 
-        async def work(r: Any) -> tuple[list[Any], list[bytes | None]]:
-            pipe = r.pipeline(transaction=False)
-            pipe.xrange(stream, min=start, count=_PAGE)
-            if keys:
-                pipe.hmget(self._key("health"), keys)
-            replies = await pipe.execute()
-            return replies[0], (replies[1] if keys else [])
+        def page(after: int, fields: Sequence[str]) -> Callable[[Any], Awaitable[Any]]:
+            start = "-" if after == 0 else f"({_entry_id(after)}"
+            return lambda r: self._eval(r, "ledger", stream_keys, [start, _PAGE, *fields])
 
-        entries, health = await self._call(work, "read the ledger")
+        reply = await self._call(page(cursor, keys), "read the ledger")
+        entries, health = reply[0], (reply[1] if keys else [])
         for key, data in zip(keys, health, strict=True):
             self._read_ahead("health", key, data)
         records: list[LedgerRecord] = []
         while entries:
-            records.extend(_decode(fields[b"r"]) for _, fields in entries)
+            records.extend(_record_of(fields) for _, fields in entries)
             cursor = _cursor(entries[-1][0])
             if len(entries) < _PAGE:
                 break
-            entries = await self._call(_page(stream, cursor), "read the ledger")
+            entries = (await self._call(page(cursor, ()), "read the ledger"))[0]
         return records, cursor
 
     # ------------------------------------------------------------------------------ shared health
@@ -464,7 +484,7 @@ class RedisStore:
         wait = 0.002
         try:
             while True:
-                reply = await self._call(lambda r: self._scripts["lock"](keys=keys, args=[token, lease_ms]), "lock")
+                reply = await self._call(lambda r: self._eval(r, "lock", keys, [token, lease_ms]), "lock")
                 if reply[0] == 1:
                     self._read_ahead("conversation", session, reply[1] if len(reply) > 1 else None)
                     break
@@ -477,11 +497,11 @@ class RedisStore:
         return _RedisLease(self, keys[0], token, local, lease_ms=lease_ms, limit=ttl)
 
     async def _renew(self, key: str, token: str, lease_ms: int) -> bool:
-        renewed = await self._call(lambda r: self._scripts["renew"](keys=[key], args=[token, lease_ms]), "renew lock")
+        renewed = await self._call(lambda r: self._eval(r, "renew", [key], [token, lease_ms]), "renew lock")
         return bool(renewed)
 
     async def _unlock(self, key: str, token: str) -> None:
-        await self._call(lambda r: self._scripts["unlock"](keys=[key], args=[token]), "unlock")
+        await self._call(lambda r: self._eval(r, "unlock", [key], [token]), "unlock")
 
     def _later(self, work: Awaitable[None]) -> None:
         """Work the caller need not wait for; :meth:`close` does."""
