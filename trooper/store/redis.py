@@ -15,6 +15,7 @@ key                                   type        holds
 ``trooper:claim:<name>``              string      the recovery probe's claim, with an expiry
 ``trooper:lock:<session>``            string      the conversation's lock: a random token, with an expiry
 ``trooper:summaries:<session>``       string      the conversation's model-written SITREPs (JSON; local content)
+``trooper:wake:<session>``            list        one entry pushed when the lock is released, with an expiry
 ====================================  ==========  ===================================================
 
 **Fail closed, never hang.** Every call is bounded by ``timeout`` (connecting included), and any
@@ -42,7 +43,19 @@ its lock — which is all a read at that moment could promise. Any other call re
 A holder renews it while it lives, so a long local reply keeps it, and a holder that died loses it
 when ``lock_ttl`` runs out; the token makes sure one holder never releases another's lock.
 Within one process, turns of a conversation also queue on an in-process lock first, so only one of
-them polls Redis.
+them waits on Redis.
+
+**A waiter is woken, not polling.** A release pushes one entry to the conversation's wake list in
+the same script that deletes the lock, and a waiter blocks on that list (``BLPOP``) rather than
+sleeping and asking again: the next turn of a conversation, sent to another instance the moment the
+previous reply arrived, takes the lock as soon as the release lands instead of a back-off later. An
+entry stays in the list until someone takes it (or it expires), so a release that lands between a
+waiter's failed attempt and its ``BLPOP`` is not missed; taking the lock empties the list, so an
+entry left by an earlier release does not wake the next waiter for nothing. Each wait is bounded by
+the time the holder's lease has left and by ``timeout``: a holder that died wakes no one, and its
+waiter tries again when the lease lapses. The wait runs on a connection of its own (a blocked
+connection answers nothing else) and, like every call, fails as ``StoreUnavailable`` when Redis does
+not answer within ``timeout`` of when the answer was due.
 """
 
 from __future__ import annotations
@@ -84,11 +97,13 @@ if #ARGV > 2 then return {entries, redis.call('HMGET', KEYS[2], unpack(ARGV, 3))
 return {entries}
 """
 # Take the lock unless another token holds it; the holder's own token (a retried call) takes it
-# again. Returns {1, conversation} or {0, milliseconds until it lapses}.
+# again. KEYS = lock, conversation, wake list. Returns {1, conversation} or {0, milliseconds until it
+# lapses}. A taker empties the wake list: what an earlier release left there is for no one now.
 _LOCK: Final = """
 local held = redis.call('GET', KEYS[1])
 if held == false or held == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('DEL', KEYS[3])
   local data = redis.call('GET', KEYS[2])
   if data == false then return {1} end
   return {1, data}
@@ -100,9 +115,14 @@ _RENEW: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+# Release only one's own lock, and wake one waiter: KEYS = lock, wake list; ARGV = token, the
+# entry's lifetime in milliseconds (it wakes only a waiter that comes soon).
 _UNLOCK: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('RPUSH', KEYS[2], '1')
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
 """
 # A conversation (if given) and its audit records, at once: ARGV = at, session, conversation or '', rows...
 _WRITE: Final = """
@@ -209,10 +229,15 @@ class RedisStore:
         url_password = urlsplit(url).password
         self._password = unquote(url_password) if url_password else password
         self._redis: Any = None
+        #: The client for waits that block a connection (``BLPOP``), so they hold up no other call.
+        self._waiting: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._guard: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._locks = ProcessLocks()
+        #: What this store did, logged when it closes: round trips, and how often and how long a
+        #: turn waited for a lock another holder had.
+        self.counts: dict[str, float] = {"round_trips": 0, "lock_waits": 0, "lock_wait_seconds": 0.0}
         #: Upstream keys whose health the engine asked for, most recent last.
         self._health_keys: OrderedDict[str, None] = OrderedDict()
         #: What a task read ahead: (``health``, key) or (``conversation``, session) → (time, data).
@@ -250,32 +275,37 @@ class RedisStore:
             for entry in [entry for entry in found if entry[0] == kind and (name is None or entry[1] == name)]:
                 del found[entry]
 
-    def _client(self) -> Any:
+    def _client(self, *, waiting: bool = False) -> Any:
         """The client of the running event loop (a connection belongs to the loop that opened it;
-        the command line runs each call on a loop of its own)."""
+        the command line runs each call on a loop of its own); ``waiting`` gives the one for blocking
+        waits, whose reads must outlast ``timeout`` (the call around them still bounds them)."""
         loop = asyncio.get_running_loop()
         if self._redis is None or self._loop is not loop:
-            import redis.asyncio
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-            from redis.exceptions import ConnectionError as RedisConnectionError
-
-            self._redis = redis.asyncio.Redis.from_url(
-                self.url,
-                password=self._password,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-                # One quick retry on a fresh connection: after Redis restarted, the pooled
-                # connections are dead and the first command on each of them fails.
-                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                health_check_interval=0,
-                decode_responses=False,
-            )
+            self._redis = self._open(socket_timeout=self.timeout)
+            self._waiting = self._open(socket_timeout=None)
             self._loop = loop
             # Closed when the loop's tasks are cancelled at its end (asyncio.run, a test's server), so
             # no connection outlives the loop it belongs to.
-            self._guard = loop.create_task(_close_at_end(self._redis))
-        return self._redis
+            self._guard = loop.create_task(_close_at_end(self._redis, self._waiting))
+        return self._waiting if waiting else self._redis
+
+    def _open(self, *, socket_timeout: float | None) -> Any:
+        import redis.asyncio
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        return redis.asyncio.Redis.from_url(
+            self.url,
+            password=self._password,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=self.timeout,
+            # One quick retry on a fresh connection: after Redis restarted, the pooled
+            # connections are dead and the first command on each of them fails.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            health_check_interval=0,
+            decode_responses=False,
+        )
 
     @staticmethod
     async def _eval(r: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -291,14 +321,17 @@ class RedisStore:
         except NoScriptError:
             return await r.execute_command("EVAL", _SCRIPTS[name], len(keys), *keys, *args)
 
-    async def _call(self, work: Callable[[Any], Awaitable[T]], what: str, *, seconds: float | None = None) -> T:
+    async def _call(
+        self, work: Callable[[Any], Awaitable[T]], what: str, *, seconds: float | None = None, waiting: bool = False
+    ) -> T:
         """Run one exchange with Redis within the timeout; any failure is :class:`StoreUnavailable`."""
         from redis.exceptions import RedisError
 
         seconds = seconds or self.timeout
+        self.counts["round_trips"] += 1
         try:
             async with asyncio.timeout(seconds):
-                return await work(self._client())
+                return await work(self._client(waiting=waiting))
         except TimeoutError:
             raise StoreUnavailable(f"Redis at {self.location} did not answer within {seconds:g} s ({what})") from None
         except (RedisError, OSError) as exc:
@@ -475,33 +508,49 @@ class RedisStore:
         """Wait for and take the conversation's lock across every instance on this Redis.
 
         ``ttl`` bounds how long a holder may keep it (renewing); a holder that stops renewing —
-        because it died — loses it ``lock_ttl`` seconds after its last renewal.
+        because it died — loses it ``lock_ttl`` seconds after its last renewal. While another holder
+        has it, the turn waits to be woken by its release (see the module's notes).
         """
         local = await self._locks.lock(session, ttl)
         token = secrets.token_hex(16)
         lease_ms = max(10, int(min(self.lock_ttl, ttl) * 1000))
-        keys = [self._key("lock", session), self._key("conv", session)]
-        wait = 0.002
+        keys = [self._key("lock", session), self._key("conv", session), self._key("wake", session)]
+        waited: float | None = None
         try:
             while True:
                 reply = await self._call(lambda r: self._eval(r, "lock", keys, [token, lease_ms]), "lock")
                 if reply[0] == 1:
                     self._read_ahead("conversation", session, reply[1] if len(reply) > 1 else None)
                     break
-                lapses = max(int(reply[1]), 1) / 1000
-                await asyncio.sleep(min(wait, lapses))
-                wait = min(wait * 2, 0.05)
+                if waited is None:
+                    waited = time.monotonic()
+                await self._wait_for_release(keys[2], int(reply[1]))
         except BaseException:
             await local.release()
             raise
-        return _RedisLease(self, keys[0], token, local, lease_ms=lease_ms, limit=ttl)
+        finally:
+            if waited is not None:
+                self.counts["lock_waits"] += 1
+                self.counts["lock_wait_seconds"] += time.monotonic() - waited
+        return _RedisLease(self, keys[0], keys[2], token, local, lease_ms=lease_ms, limit=ttl)
+
+    async def _wait_for_release(self, wake: str, lapses_ms: int) -> None:
+        """Block until a release wakes this waiter, or until the holder's lease lapses, or ``timeout``
+        at most (then the caller tries again). Redis answers a ``BLPOP`` only when its wait is over,
+        so the call is given ``timeout`` more than the wait to say anything."""
+        # A lock without an expiry (a key set by something else) is asked about again every
+        # ``timeout``. Never a wait of 0, which Redis reads as "wait forever".
+        wait = max(min(lapses_ms / 1000, self.timeout) if lapses_ms > 0 else self.timeout, 0.001)
+        await self._call(
+            lambda r: r.blpop([wake], timeout=wait), "wait for the lock", seconds=wait + self.timeout, waiting=True
+        )
 
     async def _renew(self, key: str, token: str, lease_ms: int) -> bool:
         renewed = await self._call(lambda r: self._eval(r, "renew", [key], [token, lease_ms]), "renew lock")
         return bool(renewed)
 
-    async def _unlock(self, key: str, token: str) -> None:
-        await self._call(lambda r: self._eval(r, "unlock", [key], [token]), "unlock")
+    async def _unlock(self, key: str, wake: str, token: str, lease_ms: int) -> None:
+        await self._call(lambda r: self._eval(r, "unlock", [key, wake], [token, lease_ms]), "unlock")
 
     def _later(self, work: Awaitable[None]) -> None:
         """Work the caller need not wait for; :meth:`close` does."""
@@ -535,23 +584,36 @@ class RedisStore:
     async def close(self) -> None:
         if self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
-        client, self._redis = self._redis, None
+        clients, self._redis, self._waiting = (self._redis, self._waiting), None, None
         loop, self._loop = self._loop, None
         guard, self._guard = self._guard, None
         if guard is not None:
             guard.cancel()
-        if client is not None and loop is asyncio.get_running_loop():
-            with contextlib.suppress(Exception):
-                await client.aclose()
+        if self.counts["round_trips"]:
+            log.info(
+                "redis_store_closed",
+                round_trips=int(self.counts["round_trips"]),
+                lock_waits=int(self.counts["lock_waits"]),
+                lock_wait_ms=round(self.counts["lock_wait_seconds"] * 1000, 1),
+            )
+        if loop is asyncio.get_running_loop():
+            for client in clients:
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        await client.aclose()
 
 
 class _RedisLease:
     """A held lock: renewed until released or until its holder's time is up, released once."""
 
-    def __init__(self, store: RedisStore, key: str, token: str, local: Lease, *, lease_ms: int, limit: float) -> None:
+    def __init__(
+        self, store: RedisStore, key: str, wake: str, token: str, local: Lease, *, lease_ms: int, limit: float
+    ) -> None:
         self._store = store
         self._key = key
+        self._wake = wake
         self._token = token
+        self._lease_ms = lease_ms
         self._local: Lease | None = local
         self._renewer = asyncio.ensure_future(self._keep(lease_ms, time.monotonic() + limit))
 
@@ -571,8 +633,8 @@ class _RedisLease:
     async def release(self) -> None:
         """Give the lock back without keeping the caller waiting for Redis (a cloud turn releases it just
         before its cloud call). This process's next turn of the conversation still waits for the
-        release to land; another instance sees the lock held a round trip longer. Never raises: a
-        lock that cannot be released lapses on its own."""
+        release to land; a waiter on another instance is woken when it lands. Never raises: a lock
+        that cannot be released lapses on its own."""
         local, self._local = self._local, None
         if local is None:
             return
@@ -581,19 +643,20 @@ class _RedisLease:
 
     async def _unlock(self, local: Lease) -> None:
         try:
-            await self._store._unlock(self._key, self._token)
+            await self._store._unlock(self._key, self._wake, self._token, self._lease_ms)
         except StoreUnavailable as exc:
             log.warning("unlock_failed", error=str(exc))
         finally:
             await local.release()
 
 
-async def _close_at_end(client: Any) -> None:
+async def _close_at_end(*clients: Any) -> None:
     try:
         await asyncio.Event().wait()
     finally:
-        with contextlib.suppress(Exception):
-            await client.aclose()
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
 
 def _reason(exc: BaseException) -> str:
