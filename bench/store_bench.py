@@ -17,7 +17,13 @@ How (the method of ``bench/proxy_bench.py``, whose pieces it reuses):
 * **Two instances.** Two ``trooper serve`` processes on one Redis, one per CPU, behind a client that
   sends its requests to them in turn, against one instance alone, at 16 in flight. On a two-CPU
   machine the load generator, the upstream and Redis then share those CPUs with the instances: their
-  CPU time is printed so a saturated client is visible, not mistaken for Trooper's limit.
+  CPU time is printed so a saturated client is visible, not mistaken for Trooper's limit. So is what
+  makes an instance wait rather than work: the time it was ready to run but waited for a CPU (the
+  kernel's run-queue delay), the CPU other processes on the machine took meanwhile, and how often
+  and how long its turns waited for a conversation's lock held by the other instance (the store
+  logs its counts when it closes). The CPU each request costs the instance and everything else,
+  measured with one instance, gives the most two instances could reach on this machine if CPU were
+  all that limited them: the ceiling the measured scale is to be read against.
 * **Memory as the ledger grows.** Another writer appends ledger records to Redis (as other
   instances' local turns would) up to 1,000,000 fingerprints; one instance serving cloud turns
   picks them up before each request; its RSS is read from ``/proc`` at each step. Two mixes: one
@@ -117,6 +123,46 @@ def workdir() -> Iterator[Path]:
         yield Path(tmp)
 
 
+def sched_seconds(pid: int) -> tuple[float, float]:
+    """Seconds ``pid`` (all its threads) ran, and waited ready to run for a CPU (``/proc/…/schedstat``)."""
+    ran = waited = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            run_ns, wait_ns, _ = (task / "schedstat").read_text().split()
+            ran, waited = ran + int(run_ns), waited + int(wait_ns)
+    return ran / 1e9, waited / 1e9
+
+
+def machine_seconds() -> tuple[float, float]:
+    """CPU seconds the whole machine was busy and its elapsed CPU seconds (``/proc/stat``)."""
+    values = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (sum(values) - idle) / ticks, sum(values) / ticks
+
+
+def store_counts(log: Path) -> dict[str, float]:
+    """What a Trooper's Redis store counted (its ``redis_store_closed`` line) and the turns it logged."""
+    import json
+
+    counts: dict[str, float] = {"turns": 0}
+    for line in log.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if event.get("event") == "turn":
+                counts["turns"] += 1
+            elif event.get("event") == "redis_store_closed":
+                counts.update({key: float(event[key]) for key in ("round_trips", "lock_waits", "lock_wait_ms")})
+    return counts
+
+
+def load_line() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
 def cpu_sets(pin: bool) -> tuple[set[int] | None, set[int] | None]:
     cpus = sorted(os.sched_getaffinity(0))
     if not pin or len(cpus) < 2:
@@ -193,10 +239,14 @@ def section_stores(args: argparse.Namespace) -> list[str]:
                 procs.append(proc)
                 urls[name], pids[name] = url, proc.pid
             print("section 1: added latency and throughput per store ...", flush=True)
+            busy_before = machine_seconds()
             results = asyncio.run(measure_stores(urls, pids, args))
+            busy_after = machine_seconds()
         finally:
             for proc in reversed(procs):
                 stop(proc)
+        redis_counts = store_counts(tmp / "trooper-redis.log")
+    busy = (busy_after[0] - busy_before[0]) / max(busy_after[1] - busy_before[1], 1e-9) * len(os.sched_getaffinity(0))
     one, many = results["ns1"], results["ns16"]
     print("\n  store    Δ p50 c=1   Δ p99 c=1   Δ p50 c=16   req/s c=16 (direct)   CPU ms/req c=1")
     for name in STORES:
@@ -211,6 +261,8 @@ def section_stores(args: argparse.Namespace) -> list[str]:
     target = TARGET_REDIS_OVER_SQLITE_MS
     met = extra <= target
     print(f"\n  Redis over SQLite, p50 c=1: {extra:+.3f} ms (target ≤ {target} ms: {_verdict(met)})")
+    trips = redis_counts.get("round_trips", 0) / max(redis_counts["turns"], 1)
+    print(f"  Redis round trips per turn: {trips:.2f}; machine busy {busy:.2f} cores on average; {load_line()}")
     for name in STORES:
         lines.append(
             f"| added latency p50 / p99, c=1, {name} | {one.delta('p50', name) * 1000:+.3f} / "
@@ -226,6 +278,7 @@ def section_stores(args: argparse.Namespace) -> list[str]:
     )
     cpu = " / ".join(f"{one.cpu_ms(name):.2f}" for name in STORES)
     lines.append(f"| Trooper CPU per request c=1, memory / SQLite / Redis | {cpu} ms | | |")
+    lines.append(f"| Redis round trips per cloud turn (each instance's own count) | {trips:.2f} | | |")
     return lines
 
 
@@ -297,44 +350,70 @@ def section_instances(args: argparse.Namespace) -> list[str]:
             procs += [a, b]
             print("\nsection 2: one and two instances on Redis, c=16, round-robin client ...", flush=True)
             asyncio.run(round_robin([url_a, url_b], 400, 16, body))  # warm-up
-            ones, twos, directs, client_cpu = [], [], [], []
             me = os.getpid()
+            named = {"client": me, "upstream": upstream.pid, "redis": redis.pid, "a": a.pid, "b": b.pid}
+            ones, twos, directs, singles, doubles = [], [], [], [], []
             for _ in range(args.rounds):
                 directs.append(asyncio.run(round_robin([upstream_url], n, 16, body))[0])
-                ones.append(asyncio.run(round_robin([url_a], n, 16, body))[0])
-                before = {p.pid: cpu_seconds(p.pid) for p in (upstream, redis, a, b)}
-                own_before, started = cpu_seconds(me), time.perf_counter()
-                twos.append(asyncio.run(round_robin([url_a, url_b], n, 16, body))[0])
-                wall = time.perf_counter() - started
-                used = {pid: cpu_seconds(pid) - cpu for pid, cpu in before.items()}
-                client_cpu.append(
-                    {
-                        "client": (cpu_seconds(me) - own_before) / wall,
-                        "upstream": used[upstream.pid] / wall,
-                        "redis": used[redis.pid] / wall,
-                        "instances": (used[a.pid] + used[b.pid]) / wall,
-                    }
-                )
+                for urls, rates, usage in (([url_a], ones, singles), ([url_a, url_b], twos, doubles)):
+                    before = {name: sched_seconds(pid) for name, pid in named.items()}
+                    machine_before, started = machine_seconds(), time.perf_counter()
+                    rates.append(asyncio.run(round_robin(urls, n, 16, body))[0])
+                    wall = time.perf_counter() - started
+                    machine_after = machine_seconds()
+                    after = {name: sched_seconds(pid) for name, pid in named.items()}
+                    row = {f"{name} ran": (after[name][0] - before[name][0]) / wall for name in named}
+                    row |= {f"{name} waited": (after[name][1] - before[name][1]) / wall for name in named}
+                    busy = (machine_after[0] - machine_before[0]) / max(machine_after[1] - machine_before[1], 1e-9)
+                    row["others"] = max(0.0, busy * len(cpus) - sum(row[f"{name} ran"] for name in named))
+                    row["rate"] = rates[-1]
+                    usage.append(row)
         finally:
             for proc in reversed(procs):
                 stop(proc)
+        counts = {name: store_counts(tmp / f"trooper-{name}.log") for name in ("a", "b")}
     one, two, direct = median(ones), median(twos), median(directs)
     scale = two / one
-    shares = {key: statistics.median(row[key] for row in client_cpu) for key in client_cpu[0]}
+    shares = {key: statistics.median(row[key] for row in doubles) for key in doubles[0]}
+    alone = {key: statistics.median(row[key] for row in singles) for key in singles[0]}
+    # CPU per request with one instance: the instance's own, and everything else's (client, upstream,
+    # Redis). With every CPU busy, two instances serve at most len(cpus) / (both) requests a second.
+    instance_ms = alone["a ran"] / alone["rate"] * 1000
+    rest_ms = sum(alone[f"{name} ran"] for name in ("client", "upstream", "redis")) / alone["rate"] * 1000
+    ceiling = len(cpus) / (instance_ms + rest_ms) * 1000 / one
     met = scale >= TARGET_SCALE
     print(f"  direct (client and upstream alone): {direct:,.0f} req/s")
     print(f"  one instance: {one:,.0f} req/s; two instances: {two:,.0f} req/s; ×{scale:.2f} ({_verdict(met)})")
     print(
-        "  CPU in use during the two-instance runs (cores): "
-        + ", ".join(f"{key} {value:.2f}" for key, value in shares.items())
-        + f" of {len(cpus)}"
+        "  cores during the two-instance runs, ran / waited for a CPU: "
+        + ", ".join(f"{name} {shares[f'{name} ran']:.2f} / {shares[f'{name} waited']:.2f}" for name in named)
+        + f"; other processes {shares['others']:.2f} (of {len(cpus)})"
     )
+    print(
+        f"  one instance: it ran {alone['a ran']:.2f} cores and waited {alone['a waited']:.2f}; other processes "
+        f"{alone['others']:.2f}. CPU per request: the instance {instance_ms:.2f} ms, client + upstream + Redis "
+        f"{rest_ms:.2f} ms: two instances on {len(cpus)} CPUs reach ×{ceiling:.2f} at most"
+    )
+    for name in ("a", "b"):
+        row = counts[name]
+        turns = max(row["turns"], 1)
+        print(
+            f"  instance {name}: {row['turns']:.0f} turns, {row.get('round_trips', 0) / turns:.2f} Redis round trips "
+            f"a turn, {row.get('lock_waits', 0):.0f} waits for a lock held elsewhere "
+            f"({row.get('lock_wait_ms', 0):.1f} ms in all)"
+        )
+    print(f"  {load_line()}")
+    waits = sum(counts[name].get("lock_waits", 0) for name in ("a", "b"))
     return [
         f"| throughput c=16 on Redis: one / two instances (round-robin client) | {one:,.0f} / {two:,.0f} req/s "
         f"(×{scale:.2f}) | ≥ ×{TARGET_SCALE} | {_verdict(met)} |",
-        f"| ... cores busy during the two-instance runs: client {shares['client']:.2f}, upstream "
-        f"{shares['upstream']:.2f}, Redis {shares['redis']:.2f}, the two instances {shares['instances']:.2f} "
-        f"(of {len(cpus)}) | | | |",
+        f"| ... cores busy during the two-instance runs: client {shares['client ran']:.2f}, upstream "
+        f"{shares['upstream ran']:.2f}, Redis {shares['redis ran']:.2f}, the two instances "
+        f"{shares['a ran'] + shares['b ran']:.2f} (waiting for a CPU {shares['a waited'] + shares['b waited']:.2f}), "
+        f"other processes {shares['others']:.2f} (of {len(cpus)}) | | | |",
+        f"| ... the most two instances reach on {len(cpus)} CPUs at the measured CPU per request "
+        f"(instance {instance_ms:.2f} ms, the rest {rest_ms:.2f} ms) | ×{ceiling:.2f} | | |",
+        f"| ... turns that waited for a lock held by the other instance | {waits:.0f} | | |",
     ]
 
 
@@ -457,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     only = set(args.only.split(","))
     print(
         f"trooper store benchmark — Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
-        f"{'quick' if args.quick else 'full'} mode; trooper tree {tree_state()}",
+        f"{'quick' if args.quick else 'full'} mode; trooper tree {tree_state()}; {load_line()}",
         flush=True,
     )
     readme: list[str] = []
