@@ -399,6 +399,22 @@ def test_no_sitrep_when_there_is_no_room_for_one() -> None:
     assert result.layers["total"] <= a_and_c + 20
 
 
+def test_the_tail_floor_takes_only_turns_that_fit_beside_the_anchor() -> None:
+    """The Tail's floor is a share of the budget, but the Anchor comes first: a turn the floor would
+    take (here an image, which cannot shrink) that does not fit beside the Anchor stays out of the Tail
+    instead of making the request overflow."""
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+    pictured: Message = {"role": "user", "content": [{"type": "text", "text": "deploy."}, image]}
+    msgs = [pictured, assistant("deploy.")] * 3 + [user("deploy."), assistant("deploy.")] * 2
+    msgs.append({"role": "user", "content": [{"type": "text", "text": "deploy."}]})
+    budget = Budget(3689, 0, anchor_share=0.0, tail_share=0.25, tail_cap=0.5, slack_share=0.0)
+    result = compact(msgs, budget=budget, estimator=EST)
+    assert result.layers["total"] <= 3689
+    assert result.messages[:4] == msgs[:4] and result.messages[-5:] == msgs[-5:]
+    assert result.sources["tail"] == (4, 5, 6) and 3 not in result.sources["tail"]
+    assert not result.truncated
+
+
 # ------------------------------------------------------------------------------------------ caching
 
 
