@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -114,11 +115,35 @@ def test_estimate_is_conservative_per_kind_and_counts_digits_and_non_ascii() -> 
     prose = "the quick brown fox jumps over the lazy dog " * 20
     assert EST.count(prose) >= len(prose) / 3.5
     json_text = '{"key": "value", "n": "abc"}' * 20
-    assert EST.count(json_text) >= len(json_text) / 2.4
+    assert EST.count(json_text) >= len(json_text) / 2.4  # punctuation-dense JSON: about a token a run
     # Digits cost about a token each (local tokenizers split them), non-ASCII too.
     assert EST.count("1234567890" * 10) >= 100
     assert EST.count("日本語のテキスト" * 10) >= 80
     assert EST.count("") == 0
+
+
+def test_json_strings_count_as_the_text_they_are() -> None:
+    """A tool schema is mostly description strings: counted at JSON's punctuation rate it would seem to
+    need about twice what a tokenizer counts; by its parts, it costs about what its prose does."""
+    description = "Reads a file from the local filesystem and returns its lines with their numbers. " * 6
+    schema = {
+        "type": "object",
+        "properties": {
+            "file_path": {"type": "string", "description": description},
+            "offset": {"type": "integer", "description": description},
+        },
+        "required": ["file_path"],
+    }
+    text = json.dumps(schema, separators=(",", ":"))
+    prose = EST.count(description) * 2
+    assert prose < EST.count_json(schema) < prose * 1.25
+    assert abs(EST.count(text) - EST.count_json(schema)) < 0.05 * EST.count_json(schema)  # as a text, alike
+    assert EST.count_json(schema) < len(text) / 2.4  # well below the punctuation rate
+    numbers = list(range(100_000, 100_050))
+    # Each number costs its digits, each comma a token: a dense array stays conservative.
+    assert EST.count_json(numbers) >= 50 * 7
+    pretty = json.dumps({"items": [{"sku": "A-1", "qty": 3}] * 20}, indent=2)
+    assert EST.count(pretty) >= 2 * pretty.count("\n")  # each line: its break, its punctuation
 
 
 def test_message_counts_ignore_spelling_and_cache_control() -> None:
