@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -114,11 +115,35 @@ def test_estimate_is_conservative_per_kind_and_counts_digits_and_non_ascii() -> 
     prose = "the quick brown fox jumps over the lazy dog " * 20
     assert EST.count(prose) >= len(prose) / 3.5
     json_text = '{"key": "value", "n": "abc"}' * 20
-    assert EST.count(json_text) >= len(json_text) / 2.4
+    assert EST.count(json_text) >= len(json_text) / 2.4  # punctuation-dense JSON: about a token a run
     # Digits cost about a token each (local tokenizers split them), non-ASCII too.
     assert EST.count("1234567890" * 10) >= 100
     assert EST.count("日本語のテキスト" * 10) >= 80
     assert EST.count("") == 0
+
+
+def test_json_strings_count_as_the_text_they_are() -> None:
+    """A tool schema is mostly description strings: counted at JSON's punctuation rate it would seem to
+    need about twice what a tokenizer counts; by its parts, it costs about what its prose does."""
+    description = "Reads a file from the local filesystem and returns its lines with their numbers. " * 6
+    schema = {
+        "type": "object",
+        "properties": {
+            "file_path": {"type": "string", "description": description},
+            "offset": {"type": "integer", "description": description},
+        },
+        "required": ["file_path"],
+    }
+    text = json.dumps(schema, separators=(",", ":"))
+    prose = EST.count(description) * 2
+    assert prose < EST.count_json(schema) < prose * 1.25
+    assert abs(EST.count(text) - EST.count_json(schema)) < 0.05 * EST.count_json(schema)  # as a text, alike
+    assert EST.count_json(schema) < len(text) / 2.4  # well below the punctuation rate
+    numbers = list(range(100_000, 100_050))
+    # Each number costs its digits, each comma a token: a dense array stays conservative.
+    assert EST.count_json(numbers) >= 50 * 7
+    pretty = json.dumps({"items": [{"sku": "A-1", "qty": 3}] * 20}, indent=2)
+    assert EST.count(pretty) >= 2 * pretty.count("\n")  # each line: its break, its punctuation
 
 
 def test_message_counts_ignore_spelling_and_cache_control() -> None:
@@ -397,6 +422,22 @@ def test_no_sitrep_when_there_is_no_room_for_one() -> None:
     result = compact(msgs, budget=Budget(a_and_c + 20, 0))
     assert result.sitrep is None and result.sources["dropped"] and not result.truncated
     assert result.layers["total"] <= a_and_c + 20
+
+
+def test_the_tail_floor_takes_only_turns_that_fit_beside_the_anchor() -> None:
+    """The Tail's floor is a share of the budget, but the Anchor comes first: a turn the floor would
+    take (here an image, which cannot shrink) that does not fit beside the Anchor stays out of the Tail
+    instead of making the request overflow."""
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+    pictured: Message = {"role": "user", "content": [{"type": "text", "text": "deploy."}, image]}
+    msgs = [pictured, assistant("deploy.")] * 3 + [user("deploy."), assistant("deploy.")] * 2
+    msgs.append({"role": "user", "content": [{"type": "text", "text": "deploy."}]})
+    budget = Budget(3689, 0, anchor_share=0.0, tail_share=0.25, tail_cap=0.5, slack_share=0.0)
+    result = compact(msgs, budget=budget, estimator=EST)
+    assert result.layers["total"] <= 3689
+    assert result.messages[:4] == msgs[:4] and result.messages[-5:] == msgs[-5:]
+    assert result.sources["tail"] == (4, 5, 6) and 3 not in result.sources["tail"]
+    assert not result.truncated
 
 
 # ------------------------------------------------------------------------------------------ caching

@@ -59,28 +59,32 @@ unicode = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size
 any_text = st.one_of(prose, code, json_text, unicode, prose.map(lambda t: t * 30))
 
 
+IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+
+
 @st.composite
-def prompt(draw: st.DrawFn) -> Message:
+def prompt(draw: st.DrawFn, image_odds: int = 10) -> Message:
     text = draw(any_text)
     if draw(st.booleans()):
         return {"role": "user", "content": text}
     content: list[dict[str, Any]] = [{"type": "text", "text": text}]
-    if draw(st.integers(0, 9)) == 0:
-        content.append({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}})
+    if draw(st.integers(0, image_odds - 1)) == 0:
+        content.append(IMAGE)
     if draw(st.booleans()):
         content[-1] = {**content[-1], "cache_control": {"type": "ephemeral"}}
     return {"role": "user", "content": content}
 
 
 @st.composite
-def conversation(draw: st.DrawFn) -> list[Message]:
-    """A valid history: turns of prompt, tool loops (with thinking, errors) and answers."""
+def conversation(draw: st.DrawFn, image_odds: int = 10) -> list[Message]:
+    """A valid history: turns of prompt, tool loops (with thinking, errors) and answers; one prompt in
+    ``image_odds`` carries an image, and so does one tool result in ``image_odds``."""
     n_turns = draw(st.integers(1, 9))
     msgs: list[Message] = []
     tool_id = 0
     for t in range(n_turns):
         last = t == n_turns - 1
-        msgs.append(draw(prompt()))
+        msgs.append(draw(prompt(image_odds)))
         for _ in range(draw(st.integers(0, 3))):
             blocks: list[dict[str, Any]] = []
             if draw(st.booleans()):
@@ -98,6 +102,8 @@ def conversation(draw: st.DrawFn) -> list[Message]:
                 result: dict[str, Any] = {"type": "tool_result", "tool_use_id": tid, "content": draw(any_text)}
                 if draw(st.integers(0, 4)) == 0:
                     result["is_error"] = True
+                if draw(st.integers(0, image_odds - 1)) == 0:
+                    result["content"] = [{"type": "text", "text": result["content"]}, IMAGE]
                 results.append(result)
             if draw(st.integers(0, 5)) == 0:
                 results.append({"type": "text", "text": "(user interrupted) " + draw(prose)})
@@ -112,13 +118,20 @@ def conversation(draw: st.DrawFn) -> list[Message]:
 
 
 @st.composite
-def cases(draw: st.DrawFn) -> tuple[list[Message], Budget]:
+def cases(draw: st.DrawFn, image_odds: int = 10) -> tuple[list[Message], Budget]:
     """A conversation and a budget: mostly a fraction of its size (so every policy branch is hit),
     sometimes any small absolute window."""
-    msgs = draw(conversation())
+    msgs = draw(conversation(image_odds))
     reserved = draw(st.integers(0, 800))
-    if draw(st.integers(0, 4)) == 0:
+    regime = draw(st.integers(0, 4))
+    if regime == 0:
         context = draw(st.integers(0, 3000))
+    elif regime == 1:
+        # Just above what the Anchor and the current turn need: the boundary every layer must respect.
+        turns = segment(msgs)
+        kept = [*turns[: min(2, len(turns) - 1)], turns[-1]]
+        needed = sum(EST.count_message(m) for t in kept for m in t.messages)
+        context = int(needed * draw(st.floats(0.9, 1.6))) + reserved
     else:
         total = sum(EST.count_message(m) for m in msgs)
         context = int(total * draw(st.floats(0.05, 1.2))) + reserved + draw(st.integers(0, 400))
@@ -189,6 +202,18 @@ def _present(original: Message, candidates: list[Message]) -> bool:
 def test_fits_keeps_anchor_and_prompt_and_pairs(
     case: tuple[list[Message], Budget], system: Any, tool_defs: Any
 ) -> None:
+    _check_fits(case, system, tool_defs)
+
+
+@SETTINGS
+@given(cases(image_odds=2), systems, tools)
+def test_fits_with_images_everywhere(case: tuple[list[Message], Budget], system: Any, tool_defs: Any) -> None:
+    """Turns with images are large and cannot shrink by cutting text: what may fit as a share of the
+    budget may not fit beside the Anchor."""
+    _check_fits(case, system, tool_defs)
+
+
+def _check_fits(case: tuple[list[Message], Budget], system: Any, tool_defs: Any) -> None:
     msgs, budget = case
     usable = budget.usable(EST.count_system(system), EST.count_tools(tool_defs))
     try:

@@ -14,7 +14,8 @@ Budget policy, with ``usable = context − reserved output − system − tools`
 3. Otherwise the Tail's floor: the current turn and the two exchanges (turns) before it, whole — if
    they exceed ``tail_cap`` of ``usable``, the two earlier ones give way message by message, only a
    message larger than its share being cut — then more whole turns, newest first, until the Tail
-   holds ``tail_share`` of ``usable`` (when that much recent content exists).
+   holds ``tail_share`` of ``usable`` (when that much recent content exists and fits beside the
+   Anchor: a share of the budget is no licence to overflow it).
 4. The split of what is left *adapts to the middle*: with ``R`` = middle tokens / free tokens, the
    SITREP gets ``1 − 1/R²`` of the free space and whole turns move into the Tail for the rest. A middle
    barely larger than the space is mostly shown verbatim; a middle twenty times larger is summarised.
@@ -240,7 +241,10 @@ class _Policy:
         tail = p[m] - p[s] + current
         if tail > self.cap or self.anchor + tail > usable:
             return _Plan(s, m, tail, tail, squeezed=True)
-        while s > a and tail < self.floor and tail + c[s - 1] <= self.cap:
+        # The floor is a share of ``usable``, but the Anchor comes first: the Tail grows to its floor
+        # only with turns the Anchor leaves room for (a large turn, an image, may not fit beside it).
+        reach = min(self.cap, usable - self.anchor)
+        while s > a and tail < self.floor and tail + c[s - 1] <= reach:
             s -= 1
             tail += c[s]
         if prev is not None and not prev.squeezed and a <= prev.cut <= s and p[m] - p[prev.cut] + current <= prev.allot:

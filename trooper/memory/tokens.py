@@ -5,11 +5,20 @@ tokenizer is not public), and the one number that matters — does the local req
 window — must err on the high side, because undercounting makes Ollama silently truncate the prompt.
 
 The estimate is per content kind, calibrated from measured characters-per-token figures
-(Claude ≤ 4.6: prose 3.97, code 3.51, JSON 2.62; Opus 4.7+: 2.85, 2.81, 2.22) and set conservatively
-between them: prose chars/3.5, code chars/3.0, JSON chars/2.4. Two things tokenise much worse than
-their kind suggests and are counted apart: digits (Qwen and several local tokenizers split every digit,
-so identifiers, hashes and dates cost about a token per digit) and non-ASCII characters (about a token
-each). A safety margin (10 % by default) is applied on top.
+(Claude ≤ 4.6: prose 3.97, code 3.51; Opus 4.7+: 2.85, 2.81) and set conservatively between them:
+prose chars/3.5, code chars/3.0. Two things tokenise much worse than their kind suggests and are
+counted apart: digits (Qwen and several local tokenizers split every digit, so identifiers, hashes and
+dates cost about a token per digit) and non-ASCII characters (about a token each). A safety margin
+(10 % by default) is applied on top.
+
+JSON is counted by its parts, not at one ratio: its punctuation in runs (``{"``, ``":"``, ``","``, a
+space and a quote are each about one token; a longer run, one per three characters), a token per line
+break (indentation tokenises apart), and everything else — keys and string values — as the prose or
+code it is. Why: one ratio for all JSON must suit its punctuation-dense kind (records, arrays
+of numbers), and then charges a tool's schema, mostly description strings, as if it were punctuation
+throughout — the tools of a coding agent would seem to need far more of a small window than they do.
+Tool definitions and tool inputs are always counted so (:meth:`CalibratedEstimator.count_json`); a
+plain text only when it reads as JSON (:func:`classify`).
 
 :class:`TokenEstimator` is the pluggable seam: an exact tokenizer can be dropped in by subclassing
 :class:`TextEstimator` and implementing :meth:`TextEstimator.count` only.
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -57,6 +67,9 @@ class ContentKind(enum.Enum):
 
 
 _DIGITS: Final = b"0123456789"
+#: Up to three characters of a run of JSON punctuation, maybe after a space: about one token, since
+#: tokenizers learn ``{"``, ``":"``, ``","``, `` "`` and their like as single tokens.
+_JSON_PUNCTUATION: Final = re.compile(r' ?[{}\[\]":,]{1,3}')
 _ASCII: Final = bytes(range(128))
 _JSON_CHARS: Final = b'":,'
 _CODE_CHARS: Final = b"{}()[];=<>_|\\"
@@ -282,7 +295,6 @@ class CalibratedEstimator(TextEstimator):
         *,
         prose: float = 3.5,
         code: float = 3.0,
-        json: float = 2.4,
         margin: float = 0.10,
         digit_tokens: float = 1.0,
         non_ascii_tokens: float = 1.0,
@@ -291,12 +303,11 @@ class CalibratedEstimator(TextEstimator):
         max_scale: float = 2.0,
         scale: float = 1.0,
     ) -> None:
-        if min(prose, code, json) <= 0:
+        if min(prose, code) <= 0:
             raise ValueError("chars-per-token ratios must be positive")
         if margin < 0 or not 0 < alpha <= 1 or not 0 < min_scale <= 1 <= max_scale:
             raise ValueError("invalid margin, alpha or scale bounds")
-        self._ratio = {ContentKind.PROSE: prose, ContentKind.CODE: code, ContentKind.JSON: json}
-        self._ratios = (prose, code, json)  # by TextStats.kind_index()
+        self._ratios = (prose, code)  # by TextStats.kind_index(); JSON is counted by its parts
         self._margin = margin
         self._digit = digit_tokens
         self._non_ascii = non_ascii_tokens
@@ -311,9 +322,9 @@ class CalibratedEstimator(TextEstimator):
         self._factor = self._scale * (1.0 + self._margin)
         self._key = (
             "calibrated",
-            self._ratio[ContentKind.PROSE],
-            self._ratio[ContentKind.CODE],
-            self._ratio[ContentKind.JSON],
+            self._ratios[0],
+            self._ratios[1],
+            "json-by-parts",
             self._margin,
             self._digit,
             self._non_ascii,
@@ -366,12 +377,31 @@ class CalibratedEstimator(TextEstimator):
     def _raw_segment(self, text: str, kind: ContentKind | None) -> float:
         if not text:
             return 0.0
-        return self._raw_stats(TextStats(text), kind)
-
-    def _raw_stats(self, stats: TextStats, kind: ContentKind | None = None) -> float:
-        ratio = self._ratio[kind] if kind is not None else self._ratios[stats.kind_index()]
+        stats = TextStats(text)
+        index = stats.kind_index() if kind is None else _KINDS.index(kind)
+        if index == 2:
+            return self._raw_json(text, stats)
+        ratio = self._ratios[index]
         plain = stats.n - stats.digits - stats.non_ascii
         return plain / ratio + stats.digits * self._digit + stats.non_ascii * self._non_ascii
+
+    def _raw_json(self, text: str, stats: TextStats) -> float:
+        """JSON by its parts (see the module docstring): punctuation runs, line breaks, the rest as text."""
+        rest, chunks = _JSON_PUNCTUATION.subn("", text)
+        punctuation = len(text) - len(rest)
+        structure = chunks + text.count("\n")
+        content = max(0, stats.n - punctuation - stats.digits - stats.non_ascii)
+        # Brackets are structure; what else reads as code (operators, underscores) is in the strings.
+        brackets = text.count("{") + text.count("}") + text.count("[") + text.count("]")
+        ratio = self._ratios[1] if stats.code - brackets >= 0.03 * content else self._ratios[0]
+        return structure + content / ratio + stats.digits * self._digit + stats.non_ascii * self._non_ascii
+
+    def count_json(self, value: Any) -> int:
+        """Tokens of a JSON value: always by its parts, since it is JSON whatever its strings hold."""
+        text = json_text(value)
+        if not text:
+            return 0
+        return math.ceil(self._raw_json(text, TextStats(text)) * self._factor)
 
     def count(self, text: str) -> int:
         if not text:
