@@ -239,3 +239,49 @@ def test_claude_code_interrupted_local_answer_then_continue(
         assert word.encode() not in sent, f"{word} of the interrupted local answer reached the cloud"
     with pytest.raises(BlockingIOError):
         dead_proxy.accept()
+
+
+@pytest.fixture
+def small_local() -> Iterator[FakeOllama]:
+    """An ordinary local model: a 16K-token window, as many people run Ollama with."""
+    with FakeOllama(context_length=16_384) as fake:
+        yield fake
+
+
+def test_claude_code_local_turn_on_a_16k_local_model(
+    claude: Path, fake_cloud: FakeAnthropic, small_local: FakeOllama, dead_proxy: socket.socket, tmp_path: Path
+) -> None:
+    """Claude Code's system prompt and tool schemas alone come near a 16K window: the local turn still
+    runs, with the tools' descriptions (and, only if need be, the tools not used yet and the system
+    prompt's tail) reduced, and says so in its record; the prompt the model got fits its window."""
+    harness = Harness(make_config(), MemoryStore(), fake_cloud, small_local, in_process=False).start()
+    try:
+        env, work = _environment(harness, dead_proxy, tmp_path)
+        secret = f"CANARY-{uuid.uuid4().hex[:10]}"
+        small_local.enqueue(
+            local_script.Reply(
+                text="",
+                tool_calls=[{"name": "Bash", "arguments": {"command": f"echo {secret}", "description": "print"}}],
+            ),
+            local_script.Reply(text=f"Printed {secret}."),
+        )
+        done = _run(claude, env, work, "-p", "::local print the secret", "--allowedTools", "Bash")
+        assert secret in done.stdout
+        assert not fake_cloud.requests
+        chats = small_local.chat_requests()
+        assert len(chats) == 2
+        for chat in chats:
+            assert chat["options"]["num_ctx"] == 16_384
+            assert local_script.prompt_tokens(chat) + chat["options"].get("num_predict", 0) <= 16_384
+        names = {tool["function"]["name"] for tool in chats[0]["tools"]}
+        assert "Bash" in names
+        session = harness.store.list_conversations()[0]["id"]
+        turns = [record for record in harness.store.audit(session) if record["kind"] == "turn"]
+        assert len(turns) == 2 and all(record["status"] == 200 and record["route"] == "local" for record in turns)
+        # Claude Code's preamble does not leave its first prompt room whole: the descriptions give way.
+        assert turns[0]["reductions"][:1] == ["tool-descriptions"], turns[0]
+        assert turns[0]["memory"]["tools"] < turns[0]["memory"]["total"]
+    finally:
+        harness.stop()
+    with pytest.raises(BlockingIOError):
+        dead_proxy.accept()

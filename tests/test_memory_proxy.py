@@ -78,14 +78,14 @@ def test_history_that_cannot_fit_even_truncated_fails_clearly(
     try:
         import anthropic
 
-        tools = [
-            {"name": f"tool_{n}", "description": "x " * 400, "input_schema": {"type": "object"}} for n in range(20)
-        ]
+        # One sentence no reduction can shorten, of a tool the request insists on: nothing gives way.
+        tools = [{"name": "tool_0", "description": "x " * 20_000, "input_schema": {"type": "object"}}]
         with pytest.raises(anthropic.BadRequestError) as info:
             harness.client().messages.create(
                 model=MODEL,
                 max_tokens=512,
                 tools=tools,  # type: ignore[arg-type]
+                tool_choice={"type": "tool", "name": "tool_0"},
                 messages=[{"role": "user", "content": "::local hi"}],
             )
         assert "does not fit the local model's context" in info.value.message

@@ -134,12 +134,23 @@ class Memory:
             cache=self.cache,
             sitrep=sitrep,
             summaries=summaries,
+            tool_choice=body.get("tool_choice"),
         )
         due = None
         if sitrep != "extractive":
             due = plan_summary(body["messages"], result, summaries, estimator=estimator)
         kind = result.sitrep.kind if result.sitrep is not None else "none"
-        return LocalContext(list(result.messages), dict(result.layers), result.num_ctx, reserved, due, kind)
+        return LocalContext(
+            list(result.messages),
+            dict(result.layers),
+            result.num_ctx,
+            reserved,
+            due,
+            kind,
+            reductions=result.reductions,
+            system=result.system,
+            tools=result.tools,
+        )
 
     def estimate_request(self, body: Mapping[str, Any]) -> int:
         """A local estimate of a request's input tokens (for ``count_tokens`` when the cloud can't)."""

@@ -110,10 +110,19 @@ class LocalContext:
     summary: SummaryRequest | None = None
     #: Who wrote the SITREP this turn got: ``extractive``, ``model``, ``mixed``, or ``none`` (no middle).
     sitrep: str = "none"
+    #: How the system prompt and tools were cut to leave the messages room (none: sent as they came).
+    reductions: tuple[str, ...] = ()
+    #: The reduced system prompt and tools, when ``reductions`` says they were cut.
+    system: Any = None
+    tools: Any = None
 
     def header(self) -> str:
-        """``x-trooper-memory``: every layer's token count, e.g. ``anchor=812;sitrep=400;tail=2210``."""
-        return ";".join(f"{name}={value}" for name, value in self.layers.items())
+        """``x-trooper-memory``: every layer's token count, e.g. ``anchor=812;sitrep=400;tail=2210``,
+        then ``reduced=tool-descriptions+unused-tools`` when the preamble was cut."""
+        pairs = [f"{name}={value}" for name, value in self.layers.items()]
+        if self.reductions:
+            pairs.append("reduced=" + "+".join(self.reductions))
+        return ";".join(pairs)
 
 
 @attrs.frozen
@@ -372,6 +381,14 @@ def _local_call(
     body = {k: v for k, v in request.body.items() if k not in TROOPER_FIELDS}
     if memory is not None:
         body["messages"] = memory.messages
+        if memory.reductions:
+            for field, value in (("system", memory.system), ("tools", memory.tools)):
+                if value is None:
+                    body.pop(field, None)
+                else:
+                    body[field] = value
+            if not memory.tools:
+                body.pop("tool_choice", None)
         if memory.max_tokens is not None:
             body["max_tokens"] = memory.max_tokens
     elif memory_error is None:
@@ -503,6 +520,7 @@ def turn_record(
     if turn.memory is not None:
         data["memory"] = turn.memory.layers
         data["sitrep"] = turn.memory.sitrep
+        data["reductions"] = list(turn.memory.reductions)
     return data
 
 

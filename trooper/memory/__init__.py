@@ -13,8 +13,9 @@ marked done or open. Optionally the local model writes it (:func:`plan_summary`,
 One module per concept: :mod:`.tokens` (estimation), :mod:`.turns` (segmentation, fingerprints, block
 text), :mod:`.extract` (a turn's units), :mod:`.sitrep` (selection and rendering), :mod:`.layers`
 (Anchor and Tail), :mod:`.truncate` (markers), :mod:`.incremental` (memoisation and running
-conversation states), :mod:`.compaction` (the budget policy and :func:`compact`), :mod:`.summariser`
-(the model-written SITREP).
+conversation states), :mod:`.preamble` (the system prompt and tools giving way on a small window),
+:mod:`.compaction` (the budget policy and :func:`compact`), :mod:`.summariser` (the model-written
+SITREP).
 
 Everything returned here is derived from every turn, local ones included: it is local content and must
 never be sent to a cloud provider.

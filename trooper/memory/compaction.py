@@ -6,6 +6,10 @@ account of every layer's tokens and the turns each layer covers.
 
 Budget policy, with ``usable = context − reserved output − system − tools``:
 
+0. When the Anchor and the current turn would not fit whole beside the system prompt and the tools,
+   those are reduced first, step by step (:mod:`trooper.memory.preamble`): the user's words matter
+   more than a tool's usage advice.
+
 1. If the whole history fits, it is returned unchanged (no SITREP): compaction never loses anything it
    does not have to.
 2. The Anchor (first two turns) and the current turn (the last) come first, verbatim. Only if those two
@@ -60,6 +64,7 @@ from trooper.memory.incremental import (
     visible_of,
 )
 from trooper.memory.layers import Layer, anchor_count, build_anchor, build_current, build_recent
+from trooper.memory.preamble import Preamble, Reduction, fit_preamble
 from trooper.memory.sitrep import (
     Candidate,
     ModelSitrep,
@@ -149,6 +154,11 @@ class Compaction:
     #: Whether anything was dropped or summarised (``False``: the messages are the input, unchanged).
     compacted: bool = False
     sitrep: Sitrep | None = None
+    #: The system prompt and tools to send with ``messages``: the request's own, or reduced.
+    system: str | list[Any] | None = None
+    tools: list[Any] | None = None
+    #: The preamble's reduction steps taken, in order (:data:`~trooper.memory.preamble.REDUCTIONS`).
+    reductions: tuple[Reduction, ...] = ()
 
 
 def _span(start: int, stop: int) -> tuple[int, ...]:
@@ -166,6 +176,7 @@ def compact(
     cache: CompactionCache | None = None,
     sitrep: SitrepMode = "extractive",
     summaries: Sequence[ModelSitrep] = (),
+    tool_choice: Any = None,
 ) -> Compaction:
     """Build the local request's messages: Anchor + SITREP + Tail within ``budget``.
 
@@ -175,15 +186,28 @@ def compact(
 
     ``sitrep`` chooses the SITREP (see :data:`SitrepMode`); ``summaries`` are the conversation's
     model-written ones (:mod:`trooper.memory.summariser`), used when one matches this history.
+
+    ``system`` and ``tools`` give way first when the Anchor and the current turn would not fit whole
+    beside them (:mod:`trooper.memory.preamble`); the result carries what was sent and which steps cut
+    it. ``tool_choice`` names a tool that is kept whatever is cut.
     """
     est: TokenEstimator = estimator if estimator is not None else CalibratedEstimator()
-    system_tokens = est.count_system(system)
-    tools_tokens = est.count_tools(tools)
     state, turns = open_state(messages, cache)
     try:
         # Every turn but the current one is complete: those go into the running state.
         state.sync(turns, len(turns) - 1, est, cache)
         counts = [*state.counts, turn_tokens(turns[-1], est, cache)] if len(turns) else []
+        n_anchor = anchor_count(turns)
+        need = min(sum(counts), sum(counts[:n_anchor]) + (counts[-1] if counts else 0))
+        preamble = fit_preamble(
+            system,
+            tools,
+            messages,
+            room=budget.context_tokens - budget.reserved_output,
+            need=need,
+            estimator=est,
+            tool_choice=tool_choice,
+        )
         return _Assembly(
             messages,
             turns=turns,
@@ -194,8 +218,7 @@ def compact(
             cache=cache,
             mode=sitrep,
             summaries=summaries,
-            system_tokens=system_tokens,
-            tools_tokens=tools_tokens,
+            preamble=preamble,
         ).run()
     finally:
         if cache is not None and state.fps:
@@ -276,8 +299,7 @@ class _Assembly:
         cache: CompactionCache | None,
         mode: SitrepMode,
         summaries: Sequence[ModelSitrep],
-        system_tokens: int,
-        tools_tokens: int,
+        preamble: Preamble,
     ) -> None:
         self.messages = messages
         self.turns = turns
@@ -288,9 +310,10 @@ class _Assembly:
         self.cache = cache
         self.mode = mode
         self.summaries = summaries
-        self.system_tokens = system_tokens
-        self.tools_tokens = tools_tokens
-        self.usable = budget.usable(system_tokens, tools_tokens)
+        self.preamble = preamble
+        self.system_tokens = preamble.system_tokens
+        self.tools_tokens = preamble.tools_tokens
+        self.usable = budget.usable(self.system_tokens, self.tools_tokens)
 
     def result(
         self,
@@ -325,6 +348,9 @@ class _Assembly:
             usable=self.usable,
             compacted=compacted,
             sitrep=sitrep,
+            system=self.preamble.system,
+            tools=self.preamble.tools,
+            reductions=self.preamble.reductions,
         )
 
     def run(self) -> Compaction:
