@@ -222,8 +222,10 @@ def _check_fits(case: tuple[list[Message], Budget], system: Any, tool_defs: Any)
         assert usable < _minimum(msgs)
         return
     out = result.messages
-    # Fits, and the accounting is exact.
-    total = sum(EST.count_message(m) for m in out) + EST.count_system(system) + EST.count_tools(tool_defs)
+    # Fits, and the accounting is exact, with the preamble as sent (reduced only to make room).
+    total = sum(EST.count_message(m) for m in out) + EST.count_system(result.system) + EST.count_tools(result.tools)
+    if not result.reductions:
+        assert result.system == system and result.tools == (list(tool_defs) if tool_defs else None)
     assert total == result.layers["total"] <= budget.context_tokens - budget.reserved_output
     assert result.num_ctx == budget.context_tokens
     # Valid messages.

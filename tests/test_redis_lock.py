@@ -145,3 +145,38 @@ def test_turns_of_one_conversation_on_three_instances_hand_the_lock_on_promptly(
     took = run(main())
     assert overlaps == []
     assert took < 3.0  # 60 turns of 5 ms: handed on within a few round trips each, not a back-off
+
+
+def test_taking_the_lock_reads_the_ledger_the_health_and_the_conversation_with_it(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """A turn's lock, ledger read, health read and conversation load are one round trip; what another
+    instance recorded just before the lock is in it, and a read from before what was read ahead, or
+    one more read, goes to Redis."""
+    from trooper.ledger import LedgerRecord
+
+    async def scenario() -> None:
+        a, b = RedisStore(redis_server.url), RedisStore(redis_server.url)
+        await b.write("conv", 1.0, {"id": "conv", "turns": 1}, [])
+        await b.health_set("cloud", {"status": "up"})
+        _, cursor = await a.ledger_since(0)
+        await a.health_get("cloud")  # now a known upstream: its health comes with the next reads
+        await b.ledger_append([LedgerRecord("block", b"\x01" * 8, "other", "forced", False)])
+        before = a.counts["round_trips"]
+        lease = await a.lock("conv", 30)
+        records, after = await a.ledger_since(cursor)
+        assert [r.values for r in records] == [b"\x01" * 8] and after > cursor
+        assert await a.health_get("cloud") == {"status": "up"}
+        assert await a.load_conversation("conv") == {"id": "conv", "turns": 1}
+        assert a.counts["round_trips"] - before == 1
+        assert await a.ledger_since(after) == ([], after)  # read ahead once only: this one asks Redis
+        assert a.counts["round_trips"] - before == 2
+        await lease.release()
+        lease = await a.lock("conv", 30)
+        assert len((await a.ledger_since(0))[0]) == 1  # from before the read-ahead's start: Redis again
+        assert a.counts["round_trips"] - before == 5  # the release, the lock, this read
+        await lease.release()
+        await a.close()
+        await b.close()
+
+    run(scenario())

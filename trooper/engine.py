@@ -210,23 +210,25 @@ class Engine:
 
     async def messages(self, incoming: Incoming) -> Outgoing:
         request = self._read(incoming)
-        await self._refresh()
-        await self.memory.prepare()
-        key = self.watch.key(request)
-        health = await self.watch.health(key)
-        local_anyway = request.controls.force_local or (
-            turn.continuation_route(request.messages, self.ledger.index) == "local"
-        )
-        if health.probe_due(self.clock()):
-            probe = self.watch.start_probe(key, health, request)
-            if probe is not None and not local_anyway:
-                # This turn could use the cloud: wait (bounded) for the probe to say so. A turn that
-                # runs locally anyway never waits on the cloud.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(probe), self.config.anthropic.probe_timeout + 1)
-                health = await self.watch.health(key)
+        # The lock first, then everything read under it: the ledger as of now, the cloud's health, the
+        # conversation (a shared store answers all of them with the lock, in one round trip).
         held = Held(await self.store.lock(request.session, LOCK_TTL))
         try:
+            await self._refresh()
+            await self.memory.prepare()
+            key = self.watch.key(request)
+            health = await self.watch.health(key)
+            local_anyway = request.controls.force_local or (
+                turn.continuation_route(request.messages, self.ledger.index) == "local"
+            )
+            if health.probe_due(self.clock()):
+                probe = self.watch.start_probe(key, health, request)
+                if probe is not None and not local_anyway:
+                    # This turn could use the cloud: wait (bounded) for the probe to say so. A turn that
+                    # runs locally anyway never waits on the cloud.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(probe), self.config.anthropic.probe_timeout + 1)
+                    health = await self.watch.health(key)
             conversation = await self._load(request.session)
             local = turn.may_run_locally(request, conversation, health.status, self.ledger.index)
             summaries = await self.summaries.load(request.session) if local else ()

@@ -31,13 +31,16 @@ append returns once Redis acknowledged it; with ``appendonly yes`` it has then b
 append-only file and survives a restart of Redis (``appendfsync always`` also survives a power loss,
 and ``wait_aof`` makes each append wait until the file is synced, on Redis 7.2 and later).
 
-**One round trip where the engine asks twice.** Before every turn the engine reads the ledger, then
-the cloud's health; later it takes the conversation's lock, then loads the conversation. Each pair
-goes to Redis as one request: reading the ledger also reads the health of the upstreams this
-instance asked about recently, and taking the lock also reads the conversation. The second call of
-a pair is answered from what came back only in the same task (the same turn) and only once, right
-after: it is then what Redis held after the turn began — for the conversation, while the turn held
-its lock — which is all a read at that moment could promise. Any other call reads Redis.
+**One round trip where the engine asks four times.** A turn begins by taking the conversation's
+lock, then reads the ledger, the cloud's health and the conversation. All four go to Redis as one
+script: taking the lock also returns the conversation, the ledger's records after the last cursor
+this instance read and the health of the upstreams it asked about recently. The later calls are
+answered from what came back only in the same task (the same turn), only once and only just after:
+it is then what Redis held while the turn held its lock — later than the lock, so no less than a
+read at that moment could promise, since whatever a client could have seen of a local turn was in
+the ledger before it left. A ledger read that asks from an earlier cursor than the one read ahead,
+or any other call, reads Redis. A ledger read without a lock (the command line, a probe) reads the
+health with it in one script too.
 
 **The lock** is a token set with an expiry only if absent (the classic single-instance Redis lock).
 A holder renews it while it lives, so a long local reply keeps it, and a holder that died loses it
@@ -62,6 +65,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import secrets
 import time
@@ -97,16 +101,21 @@ if #ARGV > 2 then return {entries, redis.call('HMGET', KEYS[2], unpack(ARGV, 3))
 return {entries}
 """
 # Take the lock unless another token holds it; the holder's own token (a retried call) takes it
-# again. KEYS = lock, conversation, wake list. Returns {1, conversation} or {0, milliseconds until it
-# lapses}. A taker empties the wake list: what an earlier release left there is for no one now.
+# again. KEYS = lock, conversation, wake list, ledger, health; ARGV = token, lease, ledger start,
+# count, health fields... Returns {1, conversation or '', ledger entries, health values} or {0,
+# milliseconds until it lapses}. A taker empties the wake list: what an earlier release left there
+# is for no one now.
 _LOCK: Final = """
 local held = redis.call('GET', KEYS[1])
 if held == false or held == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   redis.call('DEL', KEYS[3])
   local data = redis.call('GET', KEYS[2])
-  if data == false then return {1} end
-  return {1, data}
+  if data == false then data = '' end
+  local entries = redis.call('XRANGE', KEYS[4], ARGV[3], '+', 'COUNT', ARGV[4])
+  local health = {}
+  if #ARGV > 4 then health = redis.call('HMGET', KEYS[5], unpack(ARGV, 5)) end
+  return {1, data, entries, health}
 end
 return {0, redis.call('PTTL', KEYS[1])}
 """
@@ -199,6 +208,11 @@ def _entry_id(cursor: int) -> str:
     return f"{cursor >> 32}-{cursor & 0xFFFFFFFF}"
 
 
+def _start(after: int) -> str:
+    """The ``XRANGE`` start for the entries after ``cursor`` (all of them from 0)."""
+    return "-" if after == 0 else f"({_entry_id(after)}"
+
+
 class RedisStore:
     """A :class:`~trooper.store.base.SessionStore` on a Redis server, shared by any number of instances.
 
@@ -235,6 +249,8 @@ class RedisStore:
         self._guard: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._locks = ProcessLocks()
+        #: The furthest ledger cursor a read of this instance reached: where a lock's read ahead starts.
+        self._ledger_cursor = 0
         #: What this store did, logged when it closes: round trips, and how often and how long a
         #: turn waited for a lock another holder had.
         self.counts: dict[str, float] = {"round_trips": 0, "lock_waits": 0, "lock_wait_seconds": 0.0}
@@ -445,25 +461,33 @@ class RedisStore:
         await self._call(work, "append to the ledger")
 
     async def ledger_since(self, cursor: int) -> tuple[list[LedgerRecord], int]:
-        """Records after ``cursor`` — read together with the cloud's health (see the module's notes)."""
+        """Records after ``cursor`` — read with the lock, or with the cloud's health (see the module's notes)."""
         keys = list(self._health_keys)
         stream_keys = [self._key("ledger"), self._key("health")]
 
         def page(after: int, fields: Sequence[str]) -> Callable[[Any], Awaitable[Any]]:
-            start = "-" if after == 0 else f"({_entry_id(after)}"
-            return lambda r: self._eval(r, "ledger", stream_keys, [start, _PAGE, *fields])
+            return lambda r: self._eval(r, "ledger", stream_keys, [_start(after), _PAGE, *fields])
 
-        reply = await self._call(page(cursor, keys), "read the ledger")
-        entries, health = reply[0], (reply[1] if keys else [])
-        for key, data in zip(keys, health, strict=True):
-            self._read_ahead("health", key, data)
+        known, ahead = self._take_ahead("ledger", "")
+        if known and ahead[0] <= cursor:
+            entries = ahead[1]
+            full = len(entries) == _PAGE
+            entries = [entry for entry in entries if _cursor(entry[0]) > cursor]
+        else:
+            reply = await self._call(page(cursor, keys), "read the ledger")
+            entries, health = reply[0], (reply[1] if keys else [])
+            full = len(entries) == _PAGE
+            for key, data in zip(keys, health, strict=True):
+                self._read_ahead("health", key, data)
         records: list[LedgerRecord] = []
         while entries:
             records.extend(_record_of(fields) for _, fields in entries)
             cursor = _cursor(entries[-1][0])
-            if len(entries) < _PAGE:
+            if not full:
                 break
             entries = (await self._call(page(cursor, ()), "read the ledger"))[0]
+            full = len(entries) == _PAGE
+        self._ledger_cursor = max(self._ledger_cursor, cursor)
         return records, cursor
 
     # ------------------------------------------------------------------------------ shared health
@@ -514,13 +538,24 @@ class RedisStore:
         local = await self._locks.lock(session, ttl)
         token = secrets.token_hex(16)
         lease_ms = max(10, int(min(self.lock_ttl, ttl) * 1000))
-        keys = [self._key("lock", session), self._key("conv", session), self._key("wake", session)]
+        keys = [
+            self._key("lock", session),
+            self._key("conv", session),
+            self._key("wake", session),
+            self._key("ledger"),
+            self._key("health"),
+        ]
         waited: float | None = None
         try:
             while True:
-                reply = await self._call(lambda r: self._eval(r, "lock", keys, [token, lease_ms]), "lock")
+                after, fields = self._ledger_cursor, list(self._health_keys)
+                args = [token, lease_ms, _start(after), _PAGE, *fields]
+                reply = await self._call(functools.partial(self._eval, name="lock", keys=keys, args=args), "lock")
                 if reply[0] == 1:
-                    self._read_ahead("conversation", session, reply[1] if len(reply) > 1 else None)
+                    self._read_ahead("conversation", session, reply[1] or None)
+                    self._read_ahead("ledger", "", (after, reply[2]))
+                    for key, data in zip(fields, reply[3], strict=True):
+                        self._read_ahead("health", key, data)
                     break
                 if waited is None:
                     waited = time.monotonic()
