@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from tests.privacy_kit import canary, leaked, reformat
+from tests.privacy_kit import block_texts_of, canary, fold, leaked, reformat
 from tests.test_redis_server import RedisServer, TrooperProcess
 from trooper.testing import FakeAnthropic, FakeOllama
 from trooper.testing import fake_anthropic as cloud_script
@@ -313,9 +313,12 @@ class ProcessPrivacyMachine(RuleBasedStateMachine):
         reply = post(self.pick(index), self.session, self.history)
         assert reply.status_code == 200, reply.text
         assert reply.headers["x-trooper-route"] == "cloud"
-        received = orjson.dumps(self.cloud.last_json("/v1/messages")).decode()
+        # The history may have been re-formatted (blocks split, spaces or Unicode forms changed): look
+        # for each text's last word in the folded text the cloud got, blocks joined.
+        body = self.cloud.last_json("/v1/messages")
+        received = fold("".join(text for message in body["messages"] for text in block_texts_of(message)))
         for text in [*self.cloud_texts[-2:], prompt]:
-            assert text.split()[-1] in received, "cloud content did not reach the cloud"
+            assert fold(text.split()[-1]) in received.replace(" ", ""), "cloud content did not reach the cloud"
         self.cloud_texts += [prompt, answer]
         self.history.append({"role": "assistant", "content": reply.json()["content"]})
 
