@@ -1650,19 +1650,14 @@ def time_call(fn: Callable[[], object], budget: float, min_n: int = 30, max_n: i
     return Timing(statistics.median(samples) / 1000, pct(samples, 99) / 1000, len(samples))
 
 
-def _engine() -> Any:
-    from trooper.config import Config
-    from trooper.engine import Engine
-    from trooper.providers.anthropic import AnthropicProvider
-    from trooper.store import MemoryStore
+def _index() -> Any:
+    """The ledger's index, alone: what the turn core checks a cloud request against."""
+    from trooper.ledger import LedgerIndex
 
-    # No call is ever made: the provider only has to exist.
-    return Engine(
-        cloud=AnthropicProvider(f"http://127.0.0.1:{free_port()}"), local=None, store=MemoryStore(), config=Config()
-    )
+    return LedgerIndex()
 
 
-def _record_local(engine: Any, messages: list[dict[str, Any]], session: str, turn: slice | None = None) -> int:
+def _record_local(index: Any, messages: list[dict[str, Any]], session: str, turn: slice | None = None) -> int:
     """Ledger ``messages[turn]`` (default: all of them) as the engine does a local turn: each request's
     new part before the local call, each reply event by event. Returns the fingerprints written."""
     from trooper.ledger import record_local_turn
@@ -1676,12 +1671,12 @@ def _record_local(engine: Any, messages: list[dict[str, Any]], session: str, tur
         message = messages[position]
         if message["role"] == "user":
             prefix = messages[: position + 1]
-            lineage = walk(prefix, engine.ledger.index, session=session)
+            lineage = walk(prefix, index, session=session)
             records, recorder = record_local_turn(
                 {"messages": prefix},
                 prefix,
                 lineage,
-                engine.ledger.index,
+                index,
                 session=session,
                 origin="forced",
                 shareable=False,
@@ -1701,7 +1696,7 @@ def _record_local(engine: Any, messages: list[dict[str, Any]], session: str, tur
                 "usage": {"input_tokens": 1, "output_tokens": 1},
             }
             records = [record for event in message_events(reply) for record in recorder.feed(event)]
-        engine.ledger.append(records)
+        index.add(records)
         written += sum(len(record) for record in records)
     return written
 
@@ -1719,42 +1714,40 @@ def _local_conversation(rng: random.Random) -> list[dict[str, Any]]:
 
 def measure_ledger(args: argparse.Namespace) -> list[str]:
     """Section 2: identity + ledger filtering cost, in process, on a Claude-Code-sized request."""
+    from trooper.config import LocalityConfig
     from trooper.controls import read_controls
-    from trooper.engine import _Read, validate_messages
     from trooper.identity import session_id
-    from trooper.ledger import CloudPlan
+    from trooper.ledger import CloudPlan, cloud_sightings
     from trooper.lineage import walk
-    from trooper.providers.base import LowerHeaders
-    from trooper.text import content_blocks
+    from trooper.turn import CloudCall, Request, cloud_call
+    from trooper.wire import LowerHeaders, content_blocks, validate_messages
 
     budget = 0.3 if args.quick else 1.0
     req = claude_code_request()
     body, raw = req.body, req.raw
     messages = body["messages"]
     prefix = messages[:-2]  # the previous request: everything up to the last turn's final tool result
+    locality = LocalityConfig()
 
-    def read_of(request_body: dict[str, Any]) -> Any:
-        return _Read(
-            request_body, request_body["messages"], LowerHeaders(), read_controls({}, request_body, "::local"), "cc"
+    def request_of(request_body: dict[str, Any], data: bytes) -> Request:
+        controls = read_controls({}, request_body, "::local")
+        return Request(
+            "POST", "/v1/messages", "", [], data, request_body, request_body["messages"], LowerHeaders(), controls, "cc"
         )
 
-    def payload(engine: Any) -> tuple[bytes, Any]:
+    def payload(index: Any) -> tuple[bytes, Any]:
         """What every cloud-bound request pays: the walk through the lineage, then the cloud plan."""
-        read = read_of(body)
-        planned = engine.cloud_payload(read, walk(messages, engine.ledger.index, session="cc"), raw)
-        assert not hasattr(planned, "paths"), planned
-        return planned  # type: ignore[no-any-return]
+        call = cloud_call(request_of(body, raw), lambda: walk(messages, index, session="cc"), index, locality)
+        assert isinstance(call, CloudCall), call
+        return call.payload, call.plan
 
-    def steady(engine: Any) -> None:
-        """Let the ledger know what the previous request sent, as the engine does after a cloud answer."""
-        from trooper.ledger import cloud_sightings
-
-        read = read_of({**body, "messages": prefix})
-        lineage = walk(prefix, engine.ledger.index, session="cc")
-        _, plan = engine.cloud_payload(read, lineage, b"")
-        engine.ledger.append(
-            cloud_sightings(read.body, prefix, lineage, engine.ledger.index, plan, session="cc", protect_context=False)
-        )
+    def steady(index: Any) -> None:
+        """Let the ledger know what the previous request sent, as the driver does after a cloud answer."""
+        before = {**body, "messages": prefix}
+        lineage = walk(prefix, index, session="cc")
+        call = cloud_call(request_of(before, b""), lambda: lineage, index, locality)
+        assert isinstance(call, CloudCall), call
+        index.add(cloud_sightings(before, prefix, lineage, index, call.plan, session="cc", protect_context=False))
 
     rows: list[tuple[str, Timing, str]] = []
 
@@ -1769,35 +1762,35 @@ def measure_ledger(args: argparse.Namespace) -> list[str]:
     bare = {k: v for k, v in body.items() if k != "metadata"}
     run("session_id: derived fingerprint", lambda: session_id(no_header, bare), "hashes system + first prompt")
 
-    engine_a = _engine()
-    run("(a) walk + cloud_payload, empty ledger", lambda: payload(engine_a))
+    index_a = _index()
+    run("(a) cloud_call, empty ledger (nothing to walk)", lambda: payload(index_a))
 
     rng = random.Random(50)
     others = [_local_conversation(rng) for _ in range(50)]
-    engine_b = _engine()
-    entries = sum(_record_local(engine_b, conversation, f"other-{i}") for i, conversation in enumerate(others))
-    _, cold_b = payload(engine_b)
+    index_b = _index()
+    entries = sum(_record_local(index_b, conversation, f"other-{i}") for i, conversation in enumerate(others))
+    _, cold_b = payload(index_b)
     assert isinstance(cold_b, CloudPlan) and not cold_b.changed and not cold_b.guard_hits, "case (b) must match nothing"
-    run("(b) 50 local turns ledgered, no match: cold", lambda: payload(engine_b), "unseen history vetted every time")
-    steady(engine_b)
-    run("(b) ... steady (previous request known)", lambda: payload(engine_b), "only the new message is checked")
+    run("(b) 50 local turns ledgered, no match: cold", lambda: payload(index_b), "unseen history vetted every time")
+    steady(index_b)
+    run("(b) ... steady (previous request known)", lambda: payload(index_b), "only the new message is checked")
 
-    engine_c = _engine()
+    index_c = _index()
     for i, conversation in enumerate(others):
-        _record_local(engine_c, conversation, f"other-{i}")
+        _record_local(index_c, conversation, f"other-{i}")
     local_messages = messages[req.local_turn]
-    _record_local(engine_c, messages, "cc", req.local_turn)
-    payload_c, plan_c = payload(engine_c)
+    _record_local(index_c, messages, "cc", req.local_turn)
+    payload_c, plan_c = payload(index_c)
     local_blocks = [block for message in local_messages for block in content_blocks(message)]
     assert plan_c.withheld_blocks == len(local_blocks) and plan_c.withheld_turns == 1, plan_c
     assert b"withheld from the cloud" in payload_c
     run(
         f"(c) + {len(local_messages)} messages local (withheld): cold",
-        lambda: payload(engine_c),
+        lambda: payload(index_c),
         "withhold + repair + orjson.dumps",
     )
-    steady(engine_c)
-    run("(c) ... steady (previous request known)", lambda: payload(engine_c))
+    steady(index_c)
+    run("(c) ... steady (previous request known)", lambda: payload(index_c))
 
     run(
         "other passes: validate_messages + read_controls",
@@ -1819,7 +1812,7 @@ def measure_ledger(args: argparse.Namespace) -> list[str]:
     print("  cold = the cloud has never been seen receiving this conversation (first request after any local turn);")
     print("  steady = the previous request's messages are known as received, so only the new message is checked")
     print(
-        f"  walk + Engine.cloud_payload = lineage walk + cloud plan (+ re-serialisation when changed); "
+        f"  cloud_call = lineage walk + cloud plan (+ re-serialisation when changed), the turn core's own; "
         f"timer: perf_counter_ns, ≥{budget:g} s per row, GC on\n"
     )
     print(
@@ -1888,15 +1881,20 @@ def measure_conversations(count: int) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="trooper-bench-") as tmp:
         path = Path(tmp) / "store.sqlite3"
         store = SQLiteStore(path)
-        started = time.perf_counter()
-        for number, conv in enumerate(convs):
-            store.save_conversation(conv.id, conversation_to_dict(conv), 1_700_000_000.0 + number)
-        save_us = (time.perf_counter() - started) / count * 1e6
-        started = time.perf_counter()
-        for conv in convs[:2000]:
-            store.load_conversation(conv.id)
-        load_us = (time.perf_counter() - started) / 2000 * 1e6
-        store.close()
+
+        async def save_and_load(convs: list[Conversation]) -> tuple[float, float]:
+            started = time.perf_counter()
+            for number, conv in enumerate(convs):
+                await store.write(conv.id, 1_700_000_000.0 + number, conversation_to_dict(conv), [])
+            save = (time.perf_counter() - started) / count * 1e6
+            started = time.perf_counter()
+            for conv in convs[:2000]:
+                await store.load_conversation(conv.id)
+            load = (time.perf_counter() - started) / 2000 * 1e6
+            await store.close()
+            return save, load
+
+        save_us, load_us = asyncio.run(save_and_load(convs))
         on_disk = sum(p.stat().st_size for p in Path(tmp).iterdir())
     del convs, dicts
 
@@ -1912,7 +1910,7 @@ def measure_conversations(count: int) -> list[str]:
     ]
     print(table(["what", "bytes per conversation"], rows))
     print(
-        f"  SQLiteStore.save_conversation {save_us:,.1f} µs, load_conversation {load_us:,.1f} µs (mean, WAL, "
+        f"  SQLiteStore.write {save_us:,.1f} µs, load_conversation {load_us:,.1f} µs (mean, WAL, "
         "synchronous=NORMAL, one commit per save)"
     )
     return [
