@@ -200,7 +200,7 @@ class LedgerIndex:
         """A key recorded for every session, or (for a short lineage) for this one."""
         if self._has(kind, value):
             return True
-        bound = f"{kind}.session"
+        bound = _BOUND[kind]
         if not (self._strict.get(bound) or self._shared.get(bound)):
             return False
         return self._has(bound, scoped(value, session))
@@ -214,8 +214,12 @@ class LedgerIndex:
         return self._positional("prompt", value, session)
 
     def local_tool(self, tool_use_id: str) -> bool:
+        # Asked of every tool call of every request: four plain lookups, no generator.
         value = tool_key_of(tool_use_id)
-        return any(value in tools for (shared, _), tools in self._tools.items() if not (shared and self.share_fallback))
+        tools = self._tools
+        if value in tools[False, "forced"] or value in tools[False, "fallback"]:
+            return True
+        return not self.share_fallback and (value in tools[True, "forced"] or value in tools[True, "fallback"])
 
     def seen(self, value: int) -> bool:
         seen = self._seen.get("seen")
@@ -274,6 +278,10 @@ class LedgerIndex:
 
 
 # ------------------------------------------------------------------------------- recording a local turn
+
+
+#: The kind of a positional key recorded for one session only (a short lineage's), by its kind.
+_BOUND: Final = {kind: f"{kind}.session" for kind in ("reply", "prompt", "context")}
 
 
 def _scope_of(block: Any) -> Scope:
