@@ -126,31 +126,6 @@ def test_a_password_works_from_the_url_or_the_setting_and_never_shows(tmp_path: 
         server.stop()
 
 
-def test_two_instances_never_hold_one_conversation_at_once(redis_server: RedisServer) -> None:  # noqa: F811
-    """Two store objects (as two instances would have) and many turns of one conversation."""
-    inside: list[int] = []
-    overlaps: list[int] = []
-
-    async def turns(store: RedisStore, tag: int) -> None:
-        for _ in range(15):
-            lease = await store.lock("one", 10)
-            inside.append(tag)
-            if len(inside) > 1:
-                overlaps.append(tag)
-            await asyncio.sleep(0.002)
-            inside.remove(tag)
-            await lease.release()
-
-    async def main() -> None:
-        a, b = RedisStore(redis_server.url), RedisStore(redis_server.url)
-        await asyncio.gather(turns(a, 1), turns(b, 2), turns(a, 3))
-        await a.close()
-        await b.close()
-
-    run(main())
-    assert overlaps == []
-
-
 def test_a_dead_holders_lock_lapses_and_a_live_one_keeps_it(redis_server: RedisServer) -> None:  # noqa: F811
     async def hold_and_die() -> None:
         store = RedisStore(redis_server.url, lock_ttl=0.3)
