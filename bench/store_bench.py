@@ -208,30 +208,31 @@ def pair_delta(rounds: Rounds, key: str, a: str, b: str) -> float:
     return median([x[key] - y[key] for x, y in pairs])
 
 
+def start_backends(tmp: Path, cpus: set[int] | None, procs: list[subprocess.Popen[bytes]]) -> tuple[str, str]:
+    """The fast upstream and a Redis of the bench's own, added to ``procs`` as they start (the caller
+    stops them); returns their URLs."""
+    port = free_port()
+    upstream = spawn(
+        [sys.executable, str(ROOT / "bench" / "proxy_bench.py"), "--serve-upstream", "fast", "--port", str(port)],
+        os.environ,
+        cpus,
+        tmp / "upstream.log",
+    )
+    procs.append(upstream)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, upstream)
+    redis, redis_url = start_redis(tmp, cpus)
+    procs.append(redis)
+    return url, redis_url
+
+
 def section_stores(args: argparse.Namespace) -> list[str]:
     trooper_cpus, other_cpus = cpu_sets(not args.no_pin)
     lines: list[str] = []
     with workdir() as tmp:
-        upstream_port = free_port()
-        upstream = spawn(
-            [
-                sys.executable,
-                str(ROOT / "bench" / "proxy_bench.py"),
-                "--serve-upstream",
-                "fast",
-                "--port",
-                str(upstream_port),
-            ],
-            os.environ,
-            other_cpus,
-            tmp / "upstream.log",
-        )
-        upstream_url = f"http://127.0.0.1:{upstream_port}"
-        procs: list[subprocess.Popen[bytes]] = [upstream]
+        procs: list[subprocess.Popen[bytes]] = []
         try:
-            wait_ready(upstream_url, upstream)
-            redis, redis_url = start_redis(tmp, other_cpus)
-            procs.append(redis)
+            upstream_url, redis_url = start_backends(tmp, other_cpus, procs)
             stores = {"memory": "memory", "sqlite": str(tmp / "trooper.sqlite3"), "redis": redis_url}
             urls = {"direct": upstream_url}
             pids: dict[str, int] = {}
@@ -326,33 +327,16 @@ def section_instances(args: argparse.Namespace) -> list[str]:
     n = 1000 if args.quick else 3000
     body = prompt_body(stream=False)
     with workdir() as tmp:
-        upstream_port = free_port()
-        upstream = spawn(
-            [
-                sys.executable,
-                str(ROOT / "bench" / "proxy_bench.py"),
-                "--serve-upstream",
-                "fast",
-                "--port",
-                str(upstream_port),
-            ],
-            os.environ,
-            None,
-            tmp / "upstream.log",
-        )
-        upstream_url = f"http://127.0.0.1:{upstream_port}"
-        procs: list[subprocess.Popen[bytes]] = [upstream]
+        procs: list[subprocess.Popen[bytes]] = []
         try:
-            wait_ready(upstream_url, upstream)
-            redis, redis_url = start_redis(tmp, None)
-            procs.append(redis)
+            upstream_url, redis_url = start_backends(tmp, None, procs)
             a, url_a = start_trooper(redis_url, upstream_url, tmp, first, "a")
             b, url_b = start_trooper(redis_url, upstream_url, tmp, second, "b")
             procs += [a, b]
             print("\nsection 2: one and two instances on Redis, c=16, round-robin client ...", flush=True)
             asyncio.run(round_robin([url_a, url_b], 400, 16, body))  # warm-up
             me = os.getpid()
-            named = {"client": me, "upstream": upstream.pid, "redis": redis.pid, "a": a.pid, "b": b.pid}
+            named = {"client": me, "upstream": procs[0].pid, "redis": procs[1].pid, "a": a.pid, "b": b.pid}
             ones, twos, directs, singles, doubles = [], [], [], [], []
             for _ in range(args.rounds):
                 directs.append(asyncio.run(round_robin([upstream_url], n, 16, body))[0])
@@ -469,26 +453,9 @@ def section_rss(args: argparse.Namespace) -> list[str]:
     lines: list[str] = []
     for mix in ("turns", "positional"):
         with workdir() as tmp:
-            upstream_port = free_port()
-            upstream = spawn(
-                [
-                    sys.executable,
-                    str(ROOT / "bench" / "proxy_bench.py"),
-                    "--serve-upstream",
-                    "fast",
-                    "--port",
-                    str(upstream_port),
-                ],
-                os.environ,
-                None,
-                tmp / "upstream.log",
-            )
-            upstream_url = f"http://127.0.0.1:{upstream_port}"
-            procs: list[subprocess.Popen[bytes]] = [upstream]
+            procs: list[subprocess.Popen[bytes]] = []
             try:
-                wait_ready(upstream_url, upstream)
-                redis, redis_url = start_redis(tmp, None)
-                procs.append(redis)
+                upstream_url, redis_url = start_backends(tmp, None, procs)
                 proc, url = start_trooper(redis_url, upstream_url, tmp, None, "rss")
                 procs.append(proc)
                 asyncio.run(round_robin([url], 2000, 4, body))  # warm: caches, pools, arenas
