@@ -149,6 +149,10 @@ class LedgerIndex:
         self._tools = {(shared, origin): KeySet() for shared in (False, True) for origin in ("forced", "fallback")}
         self._seen: dict[str, KeySet] = collections.defaultdict(KeySet)
         self._holds_local = False
+        #: What the walk asks of every message, kept ready: the tool sets that hold anything (with
+        #: whether they are shareable), and the positional kinds recorded for one session only.
+        self._live_tools: tuple[tuple[bool, KeySet], ...] = ()
+        self._bound: frozenset[str] = frozenset()
         #: Changes when content fingerprints are added (cached scans look again).
         self.version = 0
         #: Verdicts on client context, which is re-sent unchanged with every request.
@@ -170,6 +174,14 @@ class LedgerIndex:
                 content = content or record.kind in _SPAN_KINDS or record.kind.startswith("blob")
         for target, parts in batches.values():
             target.add(parts[0] if len(parts) == 1 else np.concatenate(parts))
+        if batches:
+            self._live_tools = tuple((shared, keys) for (shared, _), keys in self._tools.items() if keys)
+            self._bound = frozenset(
+                kind
+                for kinds in (self._strict, self._shared)
+                for kind, keys in kinds.items()
+                if kind.endswith(".session") and keys
+            )
         if content:
             self.version += 1
 
@@ -201,9 +213,7 @@ class LedgerIndex:
         if self._has(kind, value):
             return True
         bound = _BOUND[kind]
-        if not (self._strict.get(bound) or self._shared.get(bound)):
-            return False
-        return self._has(bound, scoped(value, session))
+        return bound in self._bound and self._has(bound, scoped(value, session))
 
     # --- what the walk asks (trooper.lineage.Provenance)
 
@@ -214,12 +224,12 @@ class LedgerIndex:
         return self._positional("prompt", value, session)
 
     def local_tool(self, tool_use_id: str) -> bool:
-        # Asked of every tool call of every request: four plain lookups, no generator.
+        # Asked of every tool call of every request: only the sets that hold anything are asked.
         value = tool_key_of(tool_use_id)
-        tools = self._tools
-        if value in tools[False, "forced"] or value in tools[False, "fallback"]:
-            return True
-        return not self.share_fallback and (value in tools[True, "forced"] or value in tools[True, "fallback"])
+        for shared, tools in self._live_tools:
+            if value in tools and not (shared and self.share_fallback):
+                return True
+        return False
 
     def seen(self, value: int) -> bool:
         seen = self._seen.get("seen")
