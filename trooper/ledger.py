@@ -226,10 +226,7 @@ class LedgerIndex:
     def local_tool(self, tool_use_id: str) -> bool:
         # Asked of every tool call of every request: only the sets that hold anything are asked.
         value = tool_key_of(tool_use_id)
-        for shared, tools in self._live_tools:
-            if value in tools and not (shared and self.share_fallback):
-                return True
-        return False
+        return any(value in tools and not (shared and self.share_fallback) for shared, tools in self._live_tools)
 
     def seen(self, value: int) -> bool:
         seen = self._seen.get("seen")
