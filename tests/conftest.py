@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,23 @@ from trooper.testing.harness import API_KEY, TrooperHarness
 
 #: Trooper logs every turn; the tests that read logs configure their own stream.
 QUIET = open(os.devnull, "w")  # noqa: SIM115
+
+
+#: The package's source folder.
+PACKAGE = Path(__file__).resolve().parents[1] / "trooper"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile the package's bytecode once, before any worker starts.
+
+    Many tests start Trooper as a process of its own (``trooper serve``, the CLI, the demo), and an
+    editable install leaves the package as source: where ``PYTHONDONTWRITEBYTECODE`` is set (CI
+    images often set it) every one of those processes would compile every module again.
+    """
+    if not hasattr(config, "workerinput"):  # the xdist controller, or a run without workers
+        compileall.compile_dir(str(PACKAGE), quiet=1)
+
+
 configure_logging("info", QUIET)
 
 

@@ -39,8 +39,11 @@ def client(trooper: Harness) -> anthropic.Anthropic:
 
 @pytest.fixture
 def cloud_only(fake_cloud: FakeAnthropic) -> Iterator[Harness]:
-    """No local provider: upstream errors reach the client as they are (no fallback)."""
-    harness = Harness(make_config(), MemoryStore(), fake_cloud.url, None, in_process=False).start()
+    """No local provider: upstream errors reach the client as they are (no fallback), after Trooper's
+    own retries of 5xx answers, here a few milliseconds apart."""
+    config = make_config()
+    config = attrs.evolve(config, anthropic=attrs.evolve(config.anthropic, overload_backoff=0.01))
+    harness = Harness(config, MemoryStore(), fake_cloud.url, None, in_process=False).start()
     yield harness
     harness.stop()
 
