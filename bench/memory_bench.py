@@ -85,7 +85,7 @@ from trooper.memory import (
 Message = dict[str, Any]
 ROOT = Path(__file__).resolve().parents[1]
 SHARES = (0.05, 0.10, 0.20)
-#: Issue 12's targets: survival ratio to the recency window per share, and survival at 10 %.
+#: The targets: survival ratio to the recency window per share, and survival at 10 %.
 PUBLIC_RATIOS = {0.05: 3.0, 0.10: 2.5, 0.20: 2.0}
 PUBLIC_AT_10 = 0.50
 #: The generated set's figures before the salience SITREP: not to regress below.

@@ -3,7 +3,7 @@ instance's memory grows with the ledger.
 
 Run: ``.venv/bin/python bench/store_bench.py`` (about 2 minutes; ``--quick`` for well under one). It
 needs ``redis-server`` on the PATH and uses loopback only. A measurement, not a test: it prints
-figures and says whether the targets of issue 13 are met.
+figures and says whether its targets (the README lists them) are met.
 
 How (the method of ``bench/proxy_bench.py``, whose pieces it reuses):
 
