@@ -24,7 +24,7 @@ which the records arrive, so forced-local content never becomes shareable.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal
 
 import attrs
@@ -153,6 +153,13 @@ class LedgerIndex:
         #: whether they are shareable), and the positional kinds recorded for one session only.
         self._live_tools: tuple[tuple[bool, KeySet], ...] = ()
         self._bound: frozenset[str] = frozenset()
+        #: Change when records of local content, or of what the cloud received, are added. The walk
+        #: remembers its verdicts on messages that were not local (:data:`walk_memo`) under the first:
+        #: keys are never removed, so "not local" holds until a local record comes, "seen" for ever,
+        #: and "unseen" until the cloud is seen receiving more.
+        self.local_generation = 0
+        self.seen_generation = 0
+        self.walk_memo: dict[Hashable, tuple[int, int, str, int]] = {}
         #: Changes when content fingerprints are added (cached scans look again).
         self.version = 0
         #: Verdicts on client context, which is re-sent unchanged with every request.
@@ -169,7 +176,10 @@ class LedgerIndex:
                 continue
             target = self._target(record)
             batches.setdefault(id(target), (target, []))[1].append(values)
-            if not record.kind.startswith("seen"):
+            if record.kind.startswith("seen"):
+                self.seen_generation += 1
+            else:
+                self.local_generation += 1
                 self._holds_local = True
                 content = content or record.kind in _SPAN_KINDS or record.kind.startswith("blob")
         for target, parts in batches.values():

@@ -30,7 +30,7 @@ the session that recorded them (:func:`scoped`); longer lineages are unique enou
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal, Protocol
 
 import attrs
@@ -304,6 +304,12 @@ def walk(messages: Sequence[Mapping[str, Any]], index: Provenance, *, session: s
     first: int | None = None
     steps: list[Step] = []
     sightings = index.sightings
+    # Verdicts on messages that were not local, remembered by the index while no local record has
+    # come since (see :class:`~trooper.ledger.LedgerIndex`): a conversation's history is walked again
+    # with every request, and almost all of it is the cloud's own.
+    memo: dict[Hashable, tuple[int, int, Class, int]] | None = getattr(index, "walk_memo", None)
+    local_generation: int = getattr(index, "local_generation", 0)
+    seen_generation: int = getattr(index, "seen_generation", 0)
     for position, message in enumerate(messages):
         role = str(message.get("role"))
         if role not in ("user", "assistant"):
@@ -313,7 +319,7 @@ def walk(messages: Sequence[Mapping[str, Any]], index: Provenance, *, session: s
         ident, added = _identity_of(parts)
         weight += added
         before = chain
-        keys = _keys_of((before, "A" if role == "assistant" else "U", ident))
+        tag = "A" if role == "assistant" else "U"
         context = (
             frozenset(number for number, block in enumerate(blocks) if context_only(block))
             if role == "user"
@@ -321,6 +327,24 @@ def walk(messages: Sequence[Mapping[str, Any]], index: Provenance, *, session: s
         )
         local: set[int] = set()
         cls: Class
+        place = (session, before, tag, ident, position < new_start, context)
+        known = memo.get(place) if memo is not None else None
+        if known is not None and known[0] == local_generation:
+            # Not local then, and no local record since: not local now. Seen stays seen; unseen is
+            # asked again once the cloud has been seen receiving more.
+            cls, chain = known[2], known[3]
+            if cls == "unseen" and known[1] != seen_generation:
+                keys = _keys_of((before, tag, ident))
+                seen = sightings and ((role == "assistant" and index.seen_reply(keys.reply)) or index.seen(keys.seen))
+                cls = "seen" if seen else "unseen"
+                memo[place] = (local_generation, seen_generation, cls, chain)  # type: ignore[index]
+            if position >= new_start:
+                cls = "new"
+            steps.append(Step(position, role, before, chain, weight, ident, cls, frozenset(), context, marked))
+            if first is None:
+                first = chain
+            continue
+        keys = _keys_of((before, tag, ident))
         if role == "assistant":
             if index.local_reply(keys.reply, session):
                 local = set(range(len(blocks)))
@@ -357,12 +381,20 @@ def walk(messages: Sequence[Mapping[str, Any]], index: Provenance, *, session: s
             else:
                 cls = "seen" if sightings and index.seen(keys.seen) else "unseen"
             chain = keys.after
+        if memo is not None and not local and cls != "local":
+            if len(memo) >= WALK_MEMO:
+                memo.clear()
+            memo[place] = (local_generation, seen_generation, cls, chain)
         if cls != "local" and position >= new_start:
             cls = "new"
         steps.append(Step(position, role, before, chain, weight, ident, cls, frozenset(local), context, marked))
         if first is None:
             first = chain
     return Lineage(tuple(steps), chain, weight, marked, new_start, first if first is not None else ROOT)
+
+
+#: Messages whose verdicts an index remembers at most (then it starts again).
+WALK_MEMO: Final = 8192
 
 
 def _local_tool_part(part: str | None, index: Provenance) -> bool:
