@@ -334,57 +334,49 @@ def walk(messages: Sequence[Mapping[str, Any]], index: Provenance, *, session: s
             # asked again once the cloud has been seen receiving more.
             cls, chain = known[2], known[3]
             if cls == "unseen" and known[1] != seen_generation:
-                keys = _keys_of((before, tag, ident))
-                seen = sightings and ((role == "assistant" and index.seen_reply(keys.reply)) or index.seen(keys.seen))
-                cls = "seen" if seen else "unseen"
+                cls = "seen" if _seen(role, _keys_of((before, tag, ident)), index, sightings) else "unseen"
                 memo[place] = (local_generation, seen_generation, cls, chain)  # type: ignore[index]
-            if position >= new_start:
-                cls = "new"
-            steps.append(Step(position, role, before, chain, weight, ident, cls, frozenset(), context, marked))
-            if first is None:
-                first = chain
-            continue
-        keys = _keys_of((before, tag, ident))
-        if role == "assistant":
-            if index.local_reply(keys.reply, session):
-                local = set(range(len(blocks)))
-                cls = "local"
-                chain = keys.after_local
-            else:
-                local = {n for n, part in enumerate(parts) if _local_tool_part(part, index)}
-                seen = sightings and (index.seen_reply(keys.reply) or index.seen(keys.seen))
-                cls = "seen" if seen else "unseen"
-                chain = keys.after
         else:
-            counted = 0
-            # The message as a whole stands where a local prompt stood (its text may have been split
-            # or merged into other blocks since), or, failing that, block by block.
-            whole = index.local_prompt(_prompt_keys((before, MESSAGE + ident)), session)
-            for number, (block, part) in enumerate(zip(blocks, parts, strict=True)):
-                if number in context or part is None:
-                    continue
-                counted += 1
-                # In the new message only a text block is recognised by position: that is a local
-                # prompt re-sent merged with the next one (Claude Code after an interrupt). An image or
-                # a document there is new content, for the egress guard to judge.
-                by_position = position < new_start or block_type(block) in ("text", None)
-                if (
-                    whole
-                    or _local_tool_part(part, index)
-                    or (by_position and index.local_prompt(_prompt_keys((before, part)), session))
-                ):
-                    local.add(number)
-                    if isinstance(block, Mapping) and block.get("type") == "text":
-                        marked = marked or _starts_with(str(block.get("text", "")), marker)
-            if counted and len(local) == counted:
-                cls = "local"
+            keys = _keys_of((before, tag, ident))
+            if role == "assistant":
+                if index.local_reply(keys.reply, session):
+                    local = set(range(len(blocks)))
+                    cls = "local"
+                    chain = keys.after_local
+                else:
+                    local = {n for n, part in enumerate(parts) if _local_tool_part(part, index)}
+                    cls = "seen" if _seen(role, keys, index, sightings) else "unseen"
+                    chain = keys.after
             else:
-                cls = "seen" if sightings and index.seen(keys.seen) else "unseen"
-            chain = keys.after
-        if memo is not None and not local and cls != "local":
-            if len(memo) >= WALK_MEMO:
-                memo.clear()
-            memo[place] = (local_generation, seen_generation, cls, chain)
+                counted = 0
+                # The message as a whole stands where a local prompt stood (its text may have been
+                # split or merged into other blocks since), or, failing that, block by block.
+                whole = index.local_prompt(_prompt_keys((before, MESSAGE + ident)), session)
+                for number, (block, part) in enumerate(zip(blocks, parts, strict=True)):
+                    if number in context or part is None:
+                        continue
+                    counted += 1
+                    # In the new message only a text block is recognised by position: that is a local
+                    # prompt re-sent merged with the next one (Claude Code after an interrupt). An image
+                    # or a document there is new content, for the egress guard to judge.
+                    by_position = position < new_start or block_type(block) in ("text", None)
+                    if (
+                        whole
+                        or _local_tool_part(part, index)
+                        or (by_position and index.local_prompt(_prompt_keys((before, part)), session))
+                    ):
+                        local.add(number)
+                        if isinstance(block, Mapping) and block.get("type") == "text":
+                            marked = marked or _starts_with(str(block.get("text", "")), marker)
+                if counted and len(local) == counted:
+                    cls = "local"
+                else:
+                    cls = "seen" if _seen(role, keys, index, sightings) else "unseen"
+                chain = keys.after
+            if memo is not None and not local and cls != "local":
+                if len(memo) >= WALK_MEMO:
+                    memo.clear()
+                memo[place] = (local_generation, seen_generation, cls, chain)
         if cls != "local" and position >= new_start:
             cls = "new"
         steps.append(Step(position, role, before, chain, weight, ident, cls, frozenset(local), context, marked))
@@ -395,6 +387,12 @@ def walk(messages: Sequence[Mapping[str, Any]], index: Provenance, *, session: s
 
 #: Messages whose verdicts an index remembers at most (then it starts again).
 WALK_MEMO: Final = 8192
+
+
+def _seen(role: str, keys: _Keys, index: Provenance, sightings: bool) -> bool:
+    """Whether the cloud was seen receiving this message at this place (an assistant message also
+    where a reply of any text stood)."""
+    return sightings and ((role == "assistant" and index.seen_reply(keys.reply)) or index.seen(keys.seen))
 
 
 def _local_tool_part(part: str | None, index: Provenance) -> bool:
