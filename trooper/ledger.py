@@ -170,6 +170,7 @@ class LedgerIndex:
         at start-up is then one merge per set, not one per record)."""
         batches: dict[int, tuple[KeySet, list[U64]]] = {}
         content = False
+        generation = self.local_generation
         for record in records:
             values = record.array()
             if not len(values):
@@ -184,7 +185,7 @@ class LedgerIndex:
                 content = content or record.kind in _SPAN_KINDS or record.kind.startswith("blob")
         for target, parts in batches.values():
             target.add(parts[0] if len(parts) == 1 else np.concatenate(parts))
-        if batches:
+        if generation != self.local_generation:  # sightings change neither
             self._live_tools = tuple((shared, keys) for (shared, _), keys in self._tools.items() if keys)
             self._bound = frozenset(
                 kind
