@@ -160,7 +160,11 @@ def fit_preamble(
     """
     tool_list = list(tools) if tools else None
     preamble = Preamble(system, tool_list, estimator.count_system(system), estimator.count_tools(tool_list))
-    if room - preamble.system_tokens - preamble.tools_tokens >= need:
+
+    def fits(candidate: Preamble) -> bool:
+        return room - candidate.system_tokens - candidate.tools_tokens >= need
+
+    if fits(preamble):
         return preamble
     steps: list[Reduction] = []
     if tool_list:
@@ -169,7 +173,7 @@ def fit_preamble(
             tool_list = short
             steps.append("tool-descriptions")
             preamble = attrs.evolve(preamble, tools=tool_list, tools_tokens=estimator.count_tools(tool_list))
-            if room - preamble.system_tokens - preamble.tools_tokens >= need:
+            if fits(preamble):
                 return attrs.evolve(preamble, reductions=tuple(steps))
         used = used_tools(messages, tool_choice)
         kept = [tool for tool in tool_list if isinstance(tool, Mapping) and tool.get("name") in used]
@@ -177,7 +181,7 @@ def fit_preamble(
             tool_list = kept or None
             steps.append("unused-tools")
             preamble = attrs.evolve(preamble, tools=tool_list, tools_tokens=estimator.count_tools(tool_list))
-            if room - preamble.system_tokens - preamble.tools_tokens >= need:
+            if fits(preamble):
                 return attrs.evolve(preamble, reductions=tuple(steps))
     floor = room // 8
     allowed = max(room - preamble.tools_tokens - need, floor)
