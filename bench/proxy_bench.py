@@ -1650,13 +1650,6 @@ def time_call(fn: Callable[[], object], budget: float, min_n: int = 30, max_n: i
     return Timing(statistics.median(samples) / 1000, pct(samples, 99) / 1000, len(samples))
 
 
-def _index() -> Any:
-    """The ledger's index, alone: what the turn core checks a cloud request against."""
-    from trooper.ledger import LedgerIndex
-
-    return LedgerIndex()
-
-
 def _record_local(index: Any, messages: list[dict[str, Any]], session: str, turn: slice | None = None) -> int:
     """Ledger ``messages[turn]`` (default: all of them) as the engine does a local turn: each request's
     new part before the local call, each reply event by event. Returns the fingerprints written."""
@@ -1717,7 +1710,7 @@ def measure_ledger(args: argparse.Namespace) -> list[str]:
     from trooper.config import LocalityConfig
     from trooper.controls import read_controls
     from trooper.identity import session_id
-    from trooper.ledger import CloudPlan, cloud_sightings
+    from trooper.ledger import CloudPlan, LedgerIndex, cloud_sightings
     from trooper.lineage import walk
     from trooper.turn import CloudCall, Request, cloud_call
     from trooper.wire import LowerHeaders, content_blocks, validate_messages
@@ -1762,12 +1755,12 @@ def measure_ledger(args: argparse.Namespace) -> list[str]:
     bare = {k: v for k, v in body.items() if k != "metadata"}
     run("session_id: derived fingerprint", lambda: session_id(no_header, bare), "hashes system + first prompt")
 
-    index_a = _index()
+    index_a = LedgerIndex()
     run("(a) cloud_call, empty ledger (nothing to walk)", lambda: payload(index_a))
 
     rng = random.Random(50)
     others = [_local_conversation(rng) for _ in range(50)]
-    index_b = _index()
+    index_b = LedgerIndex()
     entries = sum(_record_local(index_b, conversation, f"other-{i}") for i, conversation in enumerate(others))
     _, cold_b = payload(index_b)
     assert isinstance(cold_b, CloudPlan) and not cold_b.changed and not cold_b.guard_hits, "case (b) must match nothing"
@@ -1775,7 +1768,7 @@ def measure_ledger(args: argparse.Namespace) -> list[str]:
     steady(index_b)
     run("(b) ... steady (previous request known)", lambda: payload(index_b), "only the new message is checked")
 
-    index_c = _index()
+    index_c = LedgerIndex()
     for i, conversation in enumerate(others):
         _record_local(index_c, conversation, f"other-{i}")
     local_messages = messages[req.local_turn]
@@ -2021,10 +2014,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.sched_setaffinity(0, all_cpus)  # sections 2 and 3 run unpinned, in this process
     readme += measure_ledger(args)
     readme += measure_conversations(args.conversations)
+    print_readme_table(readme)
+
+
+def print_readme_table(rows: Sequence[str]) -> None:
+    """The rows of a benchmark's figures as the README's table, between markers to copy it by."""
     print("\n--- README table ---")
     print("| figure | measured | target | verdict |")
     print("|---|---|---|---|")
-    for row in readme:
+    for row in rows:
         print(row)
     print("--- README table ---")
 

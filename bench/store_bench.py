@@ -61,6 +61,7 @@ from bench.proxy_bench import (  # noqa: E402
     free_port,
     median,
     pct,
+    print_readme_table,
     prompt_body,
     rss_kib,
     spawn,
@@ -525,12 +526,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         readme += section_instances(args)
     if "rss" in only:
         readme += section_rss(args)
-    print("\n--- README table ---")
-    print("| figure | measured | target | verdict |")
-    print("|---|---|---|---|")
-    for row in readme:
-        print(row)
-    print("--- README table ---")
+    print_readme_table(readme)
 
 
 if __name__ == "__main__":
