@@ -128,6 +128,21 @@ def leaked(fake: FakeAnthropic, secrets: Iterable[str], skip: Iterable[int] = ()
     return found
 
 
+def read_deltas(lines: Iterable[str], deltas: int) -> str:
+    """The text of a Messages stream's SSE ``lines`` up to its ``deltas``-th text delta (or its end):
+    what a client that hangs up there has received."""
+    text, seen = "", 0
+    for line in lines:
+        if line.startswith("data: "):
+            event = orjson.loads(line[6:])
+            if event.get("type") == "content_block_delta" and event["delta"].get("type") == "text_delta":
+                text += event["delta"]["text"]
+                seen += 1
+                if seen >= deltas:
+                    break
+    return text
+
+
 def block_texts_of(message: dict[str, Any]) -> list[str]:
     content = message.get("content")
     if isinstance(content, str):

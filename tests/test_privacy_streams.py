@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
+from tests.privacy_kit import read_deltas
 from trooper.testing import FakeAnthropic, FakeOllama
 from trooper.testing import fake_ollama as local_script
 
@@ -97,16 +97,7 @@ def _read_some(url: str, body: dict[str, Any], *, deltas: int) -> tuple[httpx.Cl
     client = httpx.Client(timeout=30)
     response = client.send(client.build_request("POST", f"{url}/v1/messages", json=body, headers=KEY), stream=True)
     assert response.status_code == 200
-    text, seen = "", 0
-    for line in response.iter_lines():
-        if line.startswith("data: "):
-            event = orjson.loads(line[6:])
-            if event.get("type") == "content_block_delta" and event["delta"].get("type") == "text_delta":
-                text += event["delta"]["text"]
-                seen += 1
-                if seen >= deltas:
-                    break
-    return client, response, text
+    return client, response, read_deltas(response.iter_lines(), deltas)
 
 
 def _continue(url: str, history: list[dict[str, Any]], partial: str) -> httpx.Response:

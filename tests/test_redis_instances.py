@@ -24,13 +24,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from tests.privacy_kit import block_texts_of, canary, fold, leaked, reformat
+from tests.privacy_kit import block_texts_of, canary, fold, leaked, read_deltas, reformat
 from tests.test_redis_server import RedisServer, TrooperProcess
 from trooper.testing import FakeAnthropic, FakeOllama
 from trooper.testing import fake_anthropic as cloud_script
@@ -150,19 +149,10 @@ def test_one_conversation_on_two_instances_at_once_runs_one_turn_at_a_time(
 def _stream_some(instance: TrooperProcess, session: str, history: list[dict[str, Any]], deltas: int) -> str:
     body = {"model": MODEL, "max_tokens": 512, "stream": True, "messages": history}
     client = httpx.Client(timeout=30)
-    text, seen = "", 0
     with client.stream(
         "POST", f"{instance.url}/v1/messages", json=body, headers={**KEY, "X-Trooper-Session": session}
     ) as response:
-        for line in response.iter_lines():
-            if line.startswith("data: "):
-                event = orjson.loads(line[6:])
-                if event.get("type") == "content_block_delta" and event["delta"].get("type") == "text_delta":
-                    text += event["delta"]["text"]
-                    seen += 1
-                    if seen >= deltas:
-                        return text
-    return text
+        return read_deltas(response.iter_lines(), deltas)
 
 
 def test_a_holder_killed_mid_stream_blocks_its_conversation_no_longer_than_the_lock_ttl(
