@@ -122,6 +122,17 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each shared store in turn: an SQLite file, or a Redis of the test's own."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "trooper.sqlite3")
+        return
+    server = RedisServer(tmp_path / "redis").start()
+    yield server.url
+    server.stop()
+
+
 def test_an_acknowledged_ledger_append_survives_kill_9_of_redis(redis_server: RedisServer) -> None:
     record = LedgerRecord.of("reply", [1, 2, 3], session="s")
 

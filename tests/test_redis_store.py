@@ -10,27 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.test_redis_server import RedisServer, redis_server  # noqa: F401  (a fixture)
+from tests.test_redis_server import RedisServer, redis_server, store_url  # noqa: F401  (fixtures)
 from trooper.config import StoreConfig, load_config, redacted
 from trooper.ledger import LedgerRecord
 from trooper.store import RedisStore, SessionStore, SQLiteStore, StoreUnavailable, open_store
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield str(tmp_path / "trooper.sqlite3")
-        return
-    server = RedisServer(tmp_path / "redis").start()
-    yield server.url
-    server.stop()
 
 
 def run(coroutine: object) -> object:
@@ -89,7 +78,7 @@ async def _contract(store: SessionStore) -> None:
     await store.close()
 
 
-def test_both_stores_keep_the_same_contract(store_url: str) -> None:
+def test_both_stores_keep_the_same_contract(store_url: str) -> None:  # noqa: F811
     run(_contract(open_store(store_url)))
 
 

@@ -13,14 +13,13 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.privacy_kit import canary, leaked
-from tests.test_redis_server import RedisServer, TrooperProcess
+from tests.test_redis_server import RedisServer, TrooperProcess, store_url  # noqa: F401  (a fixture)
 from trooper.store import SQLiteStore
 from trooper.testing import FakeAnthropic, FakeOllama
 from trooper.testing import fake_ollama as local_script
@@ -71,20 +70,13 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield str(tmp_path / "trooper.sqlite3")
-        return
-    server = RedisServer(tmp_path / "redis").start()
-    yield server.url
-    server.stop()
-
-
 def test_workers_share_the_ledger_and_a_dead_worker_is_replaced(
-    store: str, tmp_path: Path, fake_cloud: FakeAnthropic, fake_local: FakeOllama
+    store_url: str,  # noqa: F811
+    tmp_path: Path,
+    fake_cloud: FakeAnthropic,
+    fake_local: FakeOllama,
 ) -> None:
-    serve = TrooperProcess(fake_cloud.url, fake_local.url, store, tmp_path, server_workers="2").start()
+    serve = TrooperProcess(fake_cloud.url, fake_local.url, store_url, tmp_path, server_workers="2").start()
     try:
         assert serve.process is not None
         workers = _children(serve.process.pid)
