@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -44,7 +45,37 @@ def free_port() -> int:
     return port
 
 
-class RedisServer:
+class _Process:
+    """A server the tests start as a process of its own, and stop or kill."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Self:  # pragma: no cover - each server starts its own way
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """``kill -9``: nothing the process acknowledged may depend on its shutting down well."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def restart(self) -> Self:
+        self.kill()
+        return self.start()
+
+    def stop(self) -> None:
+        """Terminate (resumed first, should a test have paused it), killed if it will not go."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+class RedisServer(_Process):
     """``redis-server --port N --dir TMP --appendonly yes --save ''``, and ways to hurt it."""
 
     def __init__(self, directory: Path, *extra: str, password: str | None = None) -> None:
@@ -85,16 +116,6 @@ class RedisServer:
         except OSError:
             return False
 
-    def kill(self) -> None:
-        """``kill -9``: whatever Redis acknowledged must be in its append-only file already."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-    def restart(self) -> RedisServer:
-        self.kill()
-        return self.start()
-
     def pause(self) -> None:
         """Stop the process (SIGSTOP): connections stay open and nothing answers — a hung server."""
         assert self.process is not None
@@ -103,16 +124,6 @@ class RedisServer:
     def resume(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
 
 
 @pytest.fixture
@@ -152,7 +163,7 @@ def test_an_acknowledged_ledger_append_survives_kill_9_of_redis(redis_server: Re
     assert asyncio.run(read()) == [record]
 
 
-class TrooperProcess:
+class TrooperProcess(_Process):
     """``trooper serve`` as its own process, on a given store (an SQLite path or a Redis URL)."""
 
     def __init__(self, cloud_url: str, local_url: str, store: str, workdir: Path, **settings: str) -> None:
@@ -202,21 +213,3 @@ class TrooperProcess:
 
     def start(self) -> TrooperProcess:
         return self.spawn().wait()
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-    def restart(self) -> TrooperProcess:
-        self.kill()
-        return self.start()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
